@@ -1,0 +1,12 @@
+"""derive: symbolic derivation and code generation of diffusion-model samplers.
+
+SymPy derives the exact (exponential-integrator) solution of the reverse-time dynamics and the multistep
+coefficients of any order; the emitter prints them into standalone torch modules under ``generated/``.
+"""
+
+from derive.api import generate, generate_all
+from derive.errors import DeriveError
+from derive.spec import CATALOGUE, Spec
+
+__all__ = ["CATALOGUE", "DeriveError", "Spec", "generate", "generate_all"]
+__version__ = "0.1.0"

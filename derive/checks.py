@@ -1,0 +1,137 @@
+"""Checks of every derived identity. A failed check raises DerivationError and nothing is emitted.
+
+Identities that hold for every phi are proved with a generic SymPy function phi; the ones that depend on the
+spec's phi are simplified to zero when SymPy can, and otherwise compared with mpmath at 50 digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+
+import mpmath
+import sympy as sp
+
+from derive.errors import DerivationError
+from derive.symbolic.ersde import ERSDEStep, drift_and_diffusion, phi_generic, s, sigma, sigma_next
+from derive.symbolic.interpolation import derivative_weights, offset_symbols
+
+CHECK_DPS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    statement: str
+    method: str  # "symbolic" or "mpmath-50"
+    residual: str
+
+
+def _require(ok: bool, name: str, detail: str) -> None:
+    if not ok:
+        raise DerivationError(f"derived identity failed: {name}: {detail}")
+
+
+def _is_zero(expr: sp.Expr) -> bool:
+    return sp.simplify(expr) == 0
+
+
+def _numerically_zero(expr: sp.Expr, points: list[dict], scale: sp.Expr | None = None) -> float:
+    """Largest |expr| (relative to |scale|) at the given points, evaluated at 50 digits."""
+    worst = mpmath.mpf(0)
+    with mpmath.workdps(CHECK_DPS):
+        for point in points:
+            subs = {k: sp.Float(v, CHECK_DPS) for k, v in point.items()}
+            value = abs(sp.N(expr.subs(subs), CHECK_DPS))
+            if scale is not None:
+                value /= abs(sp.N(scale.subs(subs), CHECK_DPS))
+            worst = max(worst, mpmath.mpf(str(value)))
+    return float(worst)
+
+
+@functools.lru_cache(maxsize=1)
+def generic_checks() -> tuple[Check, ...]:
+    """Identities of the ER SDE solution that hold for every phi (proved symbolically)."""
+    phi = phi_generic(s)
+    dphi = sp.diff(phi, s)
+    checks = []
+
+    # 1. the ER SDE drift is linear: (phi'/phi) (y - x0)
+    drift, h2 = drift_and_diffusion(phi)
+    y, x0 = sp.symbols("y x0", real=True)
+    _require(_is_zero(drift - dphi / phi * (y - x0)), "drift", f"{drift}")
+    checks.append(Check("drift", "dy/ds = phi'/phi (y - x0) + h dw, h^2 = 2 s (s phi'/phi - 1)", "symbolic", "0"))
+
+    # 2. variation of constants: with x0 constant, y(s) = r(s) y_i + (1 - r(s)) x0 solves the drift ODE
+    r_of_s = phi / phi_generic(sigma)
+    y_of_s = r_of_s * y + (1 - r_of_s) * x0
+    residual = sp.diff(y_of_s, s) - (dphi / phi * (y_of_s - x0))
+    _require(_is_zero(residual), "exact mean", str(residual))
+    checks.append(Check("exact mean", "y(s) = r y_i + (1 - r) x0 solves the drift for constant x0", "symbolic", "0"))
+
+    # 3. the noise variance solves the linear SDE's variance equation (reverse time): dV/ds = 2 phi'/phi V - h^2
+    variance = s**2 - sigma**2 * r_of_s**2
+    residual = sp.diff(variance, s) - (2 * dphi / phi * variance - h2)
+    _require(_is_zero(residual), "variance equation", str(sp.simplify(residual)))
+    _require(_is_zero(variance.subs(s, sigma)), "variance initial value", str(variance.subs(s, sigma)))
+    checks.append(Check("variance", "V = s^2 - sigma^2 r^2 solves dV/ds = 2 phi'/phi V - h^2, V(sigma) = 0", "symbolic", "0"))
+
+    # 4. integration by parts: d/ds[-(s - sigma)^n/(n! phi)] = phi'/phi^2 (s-sigma)^n/n! - (s-sigma)^(n-1)/((n-1)! phi)
+    n = sp.Symbol("n", positive=True, integer=True)
+    lhs = sp.diff(-((s - sigma) ** n) / (sp.factorial(n) * phi), s)
+    rhs = dphi / phi**2 * (s - sigma) ** n / sp.factorial(n) - (s - sigma) ** (n - 1) / (sp.factorial(n - 1) * phi)
+    # with s = sigma + d (d > 0) SymPy can combine the powers (s - sigma)^n = d * (s - sigma)^(n-1)
+    d = sp.Symbol("d", positive=True)
+    residual = sp.gammasimp((lhs - rhs).rewrite(sp.gamma)).subs(s, sigma + d)
+    _require(_is_zero(sp.expand(residual)), "integration by parts", str(lhs - rhs))
+    checks.append(Check("integration by parts", "c_n = (sigma_next - sigma)^n/n! + phi(sigma_next) int (s-sigma)^(n-1)/((n-1)! phi) ds", "symbolic", "0"))
+    return tuple(checks)
+
+
+def step_checks(step: ERSDEStep, closed_weights: dict[int, sp.Expr], reference) -> tuple[Check, ...]:
+    """Checks specific to one phi. ``reference(n, a, b)`` is an independent mpmath quadrature of c_n."""
+    checks = []
+    phi = step.phi
+    expected_ratio = phi.subs(s, sigma_next) / phi.subs(s, sigma)
+    _require(_is_zero(step.ratio - expected_ratio), "ratio", str(step.ratio))
+    expected_variance = sigma_next**2 - sigma**2 * expected_ratio**2
+    _require(_is_zero(step.noise_variance - expected_variance), "noise variance", str(step.noise_variance))
+    h2 = 2 * s * (s * sp.diff(phi, s) / phi - 1)
+    v_of_s = s**2 - sigma**2 * (phi / phi.subs(s, sigma)) ** 2
+    residual = sp.diff(v_of_s, s) - (2 * sp.diff(phi, s) / phi * v_of_s - h2)
+    _require(_is_zero(residual), "variance equation for this phi", str(residual))
+    checks.append(Check("ratio and variance", "r = phi(s')/phi(s), v = s'^2 - s^2 r^2 solve the SDE for this phi", "symbolic", "0"))
+
+    # dyadic points: exactly representable, so the float reference and the exact closed form see the same step
+    points = [(a, a * rho) for a in (0.0625, 1.0, 32.0) for rho in (0.875, 0.375)]
+    for n, closed in sorted(closed_weights.items()):
+        worst = 0.0
+        for a, b in points:
+            with mpmath.workdps(CHECK_DPS):
+                value = sp.N(closed.subs({sigma: sp.Rational(a), sigma_next: sp.Rational(b)}), CHECK_DPS)
+                exact = reference(n, a, b)
+                worst = max(worst, float(abs((mpmath.mpf(str(value)) - exact) / exact)))
+        _require(worst < 1e-25, f"closed form of c_{n}", f"differs from quadrature by {worst:.3g} (relative)")
+        checks.append(Check(f"c_{n} closed form", f"SymPy's closed form of c_{n} equals the quadrature of its integral", "mpmath (34-digit quadrature)", f"{worst:.1e}"))
+    return tuple(checks)
+
+
+@functools.lru_cache(maxsize=None)
+def interpolation_check(k: int) -> Check:
+    """D is exact on polynomials of degree < k, with exact rational offsets (two random sets)."""
+    D = derivative_weights(k)
+    deltas = offset_symbols(k)
+    rng = random.Random(k)
+    for _ in range(2):
+        values = sorted({sp.Rational(rng.randint(1, 997), rng.randint(1, 97)) for _ in range(k - 1)})
+        while len(values) < k - 1:
+            values.append(values[-1] + 1 if values else sp.Integer(1))
+        subs = dict(zip(deltas, values))
+        nodes = [sp.Integer(0), *values]
+        for n in range(k):
+            for p in range(k):
+                got = sum(D[n][j].subs(subs) * nodes[j] ** p for j in range(k))
+                want = sp.factorial(p) if p == n else 0
+                _require(got == want, f"interpolation derivative D[{n}] (k={k})", f"x^{p} gives {got}, want {want}")
+    return Check(f"interpolation k={k}", f"D_n is exact for x^p, p < {k}", "symbolic (exact rationals)", "0")

@@ -1,0 +1,96 @@
+"""The ``derive`` command line.
+
+Exit codes: 0 success; 1 ``--check`` found drift or a verification fell short; 2 bad input (unknown option
+value, inadmissible phi, refused overwrite); 3 a derived identity failed its check (a bug: please report).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+import click
+
+from derive.errors import DeriveError, DriftError
+from derive.spec import CATALOGUE, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, Spec
+
+
+def _fail(error: DeriveError) -> None:
+    click.echo(f"derive: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+class _Group(click.Group):
+    """Turns every DeriveError into one line on stderr and its exit code; never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DeriveError as error:
+            _fail(error)
+        except KeyboardInterrupt:
+            click.echo("derive: interrupted; files already written are complete, others untouched", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="derive")
+def main() -> None:
+    """Derive diffusion-model samplers symbolically and emit standalone torch modules."""
+
+
+@main.command()
+@click.option("--family", type=click.Choice(FAMILIES), default="ersde", show_default=True, help="Process family.")
+@click.option("--order", type=click.IntRange(1, MAX_ORDER), default=None, help=f"Multistep order K (1-{MAX_ORDER}).")
+@click.option(
+    "--phi",
+    default="default",
+    show_default=True,
+    help=f"Noise-scale function phi(s): a preset ({', '.join(PHI_PRESETS)}) or an expression in s.",
+)
+@click.option("--method", type=click.Choice(METHODS), default="taylor", show_default=True, help="Expansion method.")
+@click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules.")
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("generated"), show_default=True, help="Output folder.")
+@click.option("--force", is_flag=True, help="Overwrite files that were edited by hand.")
+def gen(family, order, phi, method, all_, check, out, force) -> None:
+    """Derive and emit solver modules (prints the paths written)."""
+    from derive.emit.render import render
+    from derive.emit.write import diff_modules, module_path, write_modules
+
+    if all_:
+        specs = list(CATALOGUE)
+    else:
+        if order is None:
+            raise click.UsageError("give --order K (or --all)")
+        specs = [Spec(family=family, order=order, phi=phi, method=method)]
+    rendered = {spec: render(spec) for spec in specs}
+    if check:
+        diff = diff_modules(rendered, out, manifest_complete=all_)
+        if diff:
+            click.echo(diff, nl=False)
+            raise DriftError(f"{out} differs from what the derivation produces; run `derive gen --all` to update")
+        click.echo(f"{len(rendered)} module(s) in {out} match the derivation")
+        return
+    write_modules(rendered, out, force=force)
+    for spec in specs:
+        click.echo(str(module_path(out, spec)))
+
+
+@main.command(name="list")
+def list_() -> None:
+    """The catalogue of checked-in modules."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="derive catalogue")
+    for column in ("module", "family", "order", "phi", "dynamics", "prediction"):
+        table.add_column(column)
+    for spec in CATALOGUE:
+        dynamics = {"ode": "probability-flow ODE", "sde": "reverse SDE"}.get(spec.phi, "ER SDE")
+        table.add_row(spec.name, spec.family, str(spec.order), spec.phi_text, dynamics, "data")
+    Console().print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""The emitter: SymPy expressions -> torch source text -> files. The only place that prints."""

@@ -1,0 +1,1 @@
+"""Symbolic core: safe parsing of user expressions, admissibility checks and the SymPy derivations."""

@@ -1,0 +1,170 @@
+r"""The extended reverse-time SDE (ER SDE) in normalized coordinates, solved by variation of constants.
+
+Normalized coordinates: :math:`y = x/\alpha`, :math:`s = \sigma/\alpha`; every diffusion process reduces to
+the variance-exploding form :math:`y_s = x_0 + s\,\varepsilon`, whose forward SDE in the time variable
+:math:`s` has :math:`f = 0`, :math:`g^2 = \mathrm{d}(s^2)/\mathrm{d}s = 2s`.
+
+The ER SDE :math:`\mathrm{d}y = -\tfrac12 (g^2 + h^2)\nabla\log p_s(y)\,\mathrm{d}s + h\,\mathrm{d}\bar w`
+with :math:`h^2 = g^2\,(s\varphi'/\varphi - 1)` and the data prediction
+:math:`\nabla\log p_s(y) = (\hat x_0 - y)/s^2` is linear in :math:`y`:
+
+.. math:: \mathrm{d}y = \frac{\varphi'}{\varphi}\,(y - \hat x_0)\,\mathrm{d}s + h\,\mathrm{d}\bar w .
+
+Everything here is derived by SymPy from :math:`\varphi` alone; nothing is printed. Symbols: ``sigma`` is the
+current noise level :math:`s_i`, ``sigma_next`` the next one :math:`s_{i+1} < s_i`, ``h = sigma - sigma_next``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import sympy as sp
+from sympy.codegen.cfunctions import expm1
+
+#: The expansion variable. Positive, so that SymPy simplifies powers and logs of it.
+s = sp.Symbol("s", positive=True)
+sigma = sp.Symbol("sigma", positive=True)
+sigma_next = sp.Symbol("sigma_next", positive=True)
+h = sp.Symbol("h", positive=True)
+#: log(s / sigma) inside a step (<= 0): the quadrature variable.
+v = sp.Symbol("v", nonpositive=True)
+#: A generic noise-scale function, for identities that hold for every phi.
+phi_generic = sp.Function("phi")
+
+
+@dataclasses.dataclass(frozen=True)
+class ERSDEStep:
+    """The exact one-step solution of the ER SDE for a given phi, as SymPy expressions.
+
+    .. math::
+        y_{i+1} = r\,y_i + \varphi(s_{i+1}) \int_{s_{i+1}}^{s_i} \frac{\varphi'(s)}{\varphi(s)^2}
+                  \hat x_0(y_s, s)\,\mathrm{d}s + \sqrt{v}\,z ,
+
+    with :math:`r = \varphi(s_{i+1})/\varphi(s_i)` and :math:`v = s_{i+1}^2 - s_i^2 r^2`. Expanding
+    :math:`\hat x_0` in a Taylor series about :math:`s_i` gives the weights
+    :math:`c_n = \varphi(s_{i+1})\int_{s_{i+1}}^{s_i} \frac{\varphi'}{\varphi^2} \frac{(s-s_i)^n}{n!}\,\mathrm{d}s`
+    of the n-th derivative.
+    """
+
+    phi: sp.Expr
+    #: h^2 / g^2 = s phi'/phi - 1 (must be >= 0).
+    noise_fraction: sp.Expr
+    #: r = phi(sigma_next)/phi(sigma).
+    ratio: sp.Expr
+    #: v = sigma_next^2 - sigma^2 r^2, the variance of the injected noise.
+    noise_variance: sp.Expr
+    #: phi'/phi^2 as a function of s: the density that weights x0 in the exact solution.
+    weight_density: sp.Expr
+    #: s phi'/phi^2: the same density after the substitution s = e^u (ds = s du).
+    weight_density_log: sp.Expr
+
+    def weight_integrand(self, n: int) -> sp.Expr:
+        """The integrand of c_n (without the phi(sigma_next) factor), a function of s."""
+        return self.weight_density * (s - sigma) ** n / sp.factorial(n)
+
+    def weight_integrand_log(self, n: int) -> sp.Expr:
+        """The integrand of c_n in v = log(s/sigma), as a function of sigma and v.
+
+        With s = sigma e^v, ds = s dv and s - sigma = sigma expm1(v): written this way the factor (s - sigma)^n
+        is computed without cancellation even for tiny steps.
+        """
+        return self.weight_density_log.subs(s, sigma * sp.exp(v)) * (sigma * expm1(v)) ** n / sp.factorial(n)
+
+    def weight_series_coefficients(self, n: int, terms: int) -> tuple[sp.Expr, ...]:
+        r"""Coefficients a_m(sigma), m = 0..terms-1, of the small-step series
+
+        .. math:: c_n = \varphi(s_{i+1}) \sum_m a_m(s_i)\, h^{n+m+1},\quad
+                  a_m = \frac{(-1)^{n+m}\, w^{(m)}(s_i)}{n!\, m!\, (n+m+1)} ,
+
+        obtained by expanding :math:`w = \varphi'/\varphi^2` about :math:`s_i` and integrating term by term.
+        """
+        w = self.weight_density
+        out = []
+        derivative = w
+        for m in range(terms):
+            if m:
+                derivative = sp.diff(derivative, s)
+            coeff = (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
+            out.append(sp.simplify(coeff))
+        return tuple(out)
+
+
+@functools.lru_cache(maxsize=256)
+def closed_form_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr | None:
+    """c_n in closed form, or None when SymPy finds no antiderivative (or gives up within ``timeout``).
+
+    Uses the integration-by-parts form, which needs only antiderivatives of (s - sigma)^k / phi:
+
+        c_0 = 1 - r,   c_n = (sigma_next - sigma)^n / n! + phi(sigma_next) * int_{sigma_next}^{sigma} (s - sigma)^(n-1) / ((n-1)! phi) ds.
+    """
+    phi_next = step.phi.subs(s, sigma_next)
+    if n == 0:
+        return sp.simplify(1 - step.ratio)
+    integrand = sp.expand((s - sigma) ** (n - 1)) / step.phi
+    antiderivative = _antiderivative(sp.expand(integrand), timeout)
+    if antiderivative is None:
+        return None
+    definite = antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next)
+    return sp.expand((sigma_next - sigma) ** n / sp.factorial(n)) + phi_next * definite / sp.factorial(n - 1)
+
+
+def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
+    """Antiderivative in s by SymPy, or None if it returns an unevaluated integral or runs out of time."""
+    import signal
+    import threading
+
+    class _Timeout(Exception):
+        pass
+
+    def _raise(signum, frame):  # pragma: no cover - only on timeout
+        raise _Timeout
+
+    use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if use_alarm:
+        previous = signal.signal(signal.SIGALRM, _raise)
+        signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        result = sp.integrate(expr, s)
+    except _Timeout:
+        return None
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+    if result.has(sp.Integral):
+        return None
+    return result
+
+
+@functools.lru_cache(maxsize=64)
+def derive_step(phi: sp.Expr) -> ERSDEStep:
+    """Derive the one-step solution for a noise-scale function ``phi`` of the symbol :data:`s`."""
+    dphi = sp.diff(phi, s)
+    noise_fraction = sp.simplify(s * dphi / phi - 1)
+    ratio = sp.powsimp(sp.simplify(phi.subs(s, sigma_next) / phi.subs(s, sigma)), force=True)
+    noise_variance = sp.factor(sp.simplify(sigma_next**2 - sigma**2 * ratio**2))
+    weight_density = sp.simplify(dphi / phi**2)
+    weight_density_log = sp.simplify(s * dphi / phi**2)
+    return ERSDEStep(
+        phi=phi,
+        noise_fraction=noise_fraction,
+        ratio=ratio,
+        noise_variance=noise_variance,
+        weight_density=weight_density,
+        weight_density_log=weight_density_log,
+    )
+
+
+def drift_and_diffusion(phi: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """The ER SDE in s for the data prediction symbol ``x0``: returns (drift(y, x0, s), h^2(s)).
+
+    Built from the general form dy = [f y - (g^2 + h^2)/2 * score] ds + h dw with f = 0, g^2 = 2s,
+    score = (x0 - y)/s^2 and h^2 = g^2 (s phi'/phi - 1).
+    """
+    y, x0 = sp.symbols("y x0", real=True)
+    g2 = sp.diff(s**2, s)
+    h2 = g2 * (s * sp.diff(phi, s) / phi - 1)
+    score = (x0 - y) / s**2
+    drift = -(g2 + h2) / 2 * score
+    return sp.simplify(drift), sp.simplify(h2)

@@ -1,0 +1,39 @@
+r"""Derivatives of the interpolating polynomial through the last k model outputs.
+
+The multistep Taylor method needs :math:`\hat x_0^{(n)}(s_i)` for n < k from the outputs at
+:math:`s_i, s_{i-1}, \dots, s_{i-k+1}`. With offsets :math:`\delta_j = s_{i-j} - s_i` (:math:`\delta_0 = 0`)
+the interpolating polynomial is :math:`P(x) = \sum_j \ell_j(x)\,\hat x_{0,i-j}` in :math:`x = s - s_i`, with
+the Lagrange basis :math:`\ell_j(x) = \prod_{m \ne j} (x - \delta_m)/(\delta_j - \delta_m)`, so
+
+.. math:: P^{(n)}(0) = \sum_j D_{n j}\,\hat x_{0,i-j},\qquad D_{nj} = n!\,[x^n]\,\ell_j(x).
+
+Unlike plain backward differences (which are first-order accurate for the derivatives they estimate and so
+cost the method an order), :math:`P^{(n)}(0)` is exact for every polynomial of degree < k.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import sympy as sp
+
+x = sp.Symbol("x")
+
+
+def offset_symbols(k: int) -> tuple[sp.Symbol, ...]:
+    """delta_1 .. delta_{k-1}: s_{i-j} - s_i, positive on a decreasing schedule."""
+    return tuple(sp.Symbol(f"delta{j}", positive=True) for j in range(1, k))
+
+
+@functools.lru_cache(maxsize=None)
+def derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
+    """The matrix D (k x k): row n gives the n-th derivative at s_i from the outputs at s_i, s_{i-1}, ...."""
+    deltas = (sp.Integer(0), *offset_symbols(k))
+    rows = [[sp.Integer(0)] * k for _ in range(k)]
+    for j in range(k):
+        numerator = sp.Poly(sp.prod([x - deltas[m] for m in range(k) if m != j]), x)
+        denominator = sp.prod([deltas[j] - deltas[m] for m in range(k) if m != j])
+        for n in range(k):
+            coeff = numerator.coeff_monomial(x**n)
+            rows[n][j] = sp.factor(sp.factorial(n) * coeff / denominator)
+    return tuple(tuple(row) for row in rows)
