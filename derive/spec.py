@@ -8,17 +8,14 @@ import json
 import re
 
 from derive.errors import SpecError
+from derive.symbolic.expression import PRESETS
 
 FAMILIES = ("ersde",)
 METHODS = ("taylor",)
 MAX_ORDER = 8
 
 #: Named noise-scale functions. ``default`` is the ER-SDE-Solver paper's recommended choice.
-PHI_PRESETS = {
-    "default": "s*(exp(s**0.3) + 10)",
-    "ode": "s",
-    "sde": "s**2",
-}
+PHI_PRESETS = PRESETS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,33 @@
+"""Shared fixtures: the catalogue of checked-in generated modules, loaded by path (generated/ is not a package)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "generated"
+
+
+def manifest() -> dict:
+    return json.loads((GENERATED / "MANIFEST.json").read_text())
+
+
+def load_module(name: str, folder: pathlib.Path = GENERATED):
+    path = folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"derive_generated_{folder.name}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+MODULE_NAMES = sorted(manifest())
+
+
+@pytest.fixture(params=MODULE_NAMES)
+def generated_module(request):
+    """Every module in the manifest: a newly generated module is tested the moment it is checked in."""
+    return load_module(request.param)
