@@ -1,19 +1,24 @@
 """How each derived coefficient is evaluated in float64, decided by measurement against mpmath.
 
-For the Taylor weight c_n (n >= 1) there are two evaluation paths:
+Every quantity the sampler needs per step -- the Taylor weights c_n and the noise variance v -- is a
+definite integral over the step with a one-signed integrand,
 
-* ``closed``: SymPy's closed form above a switch point t* on the relative step t = h/sigma, and the
-  small-step series (:meth:`ERSDEStep.weight_series_coefficients`) below it. Closed forms of c_n cancel
-  catastrophically as h -> 0 (c_n = O(h^{n+1}) is a difference of O(1) terms), so t* is the smallest t from
-  which the float64 closed form keeps its relative error below :data:`TARGET`, and the series is truncated
-  after the fewest terms that are accurate to :data:`TARGET` / 10 at t*.
-* ``quadrature``: Gauss-Legendre in u = log s (s = e^u, ds = s du), used when SymPy has no closed form or the
-  closed form cannot be made accurate. In u the integrand of every admissible phi ~ s^p is smooth on the
-  whole step, and it has one sign, so there is no cancellation at any step size; the node count is the
-  smallest one whose measured relative error is below :data:`TARGET` over the sampled range of steps.
+    c_n = phi(s') int_{s'}^{s} phi'/phi^2 (x - s)^n / n! dx,   v = phi(s')^2 int_{s'}^{s} h^2 / phi^2 dx,
 
-All measurements use fixed grids and compare float64 (NumPy, same expression as emitted) with mpmath at
-:data:`REFERENCE_DPS` digits, so the plan (and the generated file) is deterministic.
+so two evaluation paths exist:
+
+* ``closed``: SymPy's closed form. Closed forms of these integrals are differences of O(1) terms that
+  cancel as the step h -> 0 (c_n = O(h^{n+1})). The closed form is used for relative steps t = h/s at and
+  above the smallest t from which its float64 relative error stays below :data:`TARGET`; below that switch
+  point the weights use their small-step series (the integrand expanded about s and integrated term by term,
+  truncated after the fewest terms accurate to TARGET/10 at the switch).
+* ``quadrature``: Gauss-Legendre in v = log(x/s) when SymPy finds no closed form or the closed form cannot be
+  made accurate. In v the integrands of admissible phi (~ s^p near 0) are smooth over the whole step and of
+  one sign, so there is no cancellation at any step size; the node count is the smallest whose measured error
+  is below TARGET over the sampled steps, plus a quarter as a margin.
+
+All measurements use fixed grids and compare float64 (NumPy, same expressions as emitted) with mpmath, so the
+plan -- and the generated file -- is the same on every run.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import mpmath
 import numpy as np
 import sympy as sp
 
 from derive.quadrature import gauss_legendre
-from derive.symbolic.ersde import ERSDEStep, closed_form_weight, h, s, sigma, sigma_next, v
+from derive.symbolic.ersde import ERSDEStep, closed_form_weight, s, sigma, sigma_next, v
 
 #: Relative accuracy required of every float64 coefficient.
 TARGET = 4e-15
@@ -35,21 +41,26 @@ REFERENCE_DPS = 34
 REFERENCE_NODES = 96
 #: Noise levels at which the coefficients are checked (normalized sigma).
 SIGMA_GRID = (1e-4, 1e-2, 1.0, 1e2, 1e4)
-#: Step ratios sigma_next / sigma at which the coefficients are checked.
+#: Step ratios sigma_next / sigma at which quadrature is checked.
 RATIO_GRID = (1 - 1e-9, 1 - 1e-6, 1 - 1e-3, 0.99, 0.9, 0.7, 0.5, 0.3, 0.1, 1e-2, 1e-3, 1e-4)
-#: Relative steps t = h / sigma for the closed-form switch point.
+#: Relative steps t = h / sigma at which closed forms are checked.
 T_GRID = tuple(float(t) for t in np.geomspace(1e-12, 0.95, 56))
 QUADRATURE_NODES = (4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80)
 MAX_SERIES_TERMS = 40
 
 
 @dataclasses.dataclass(frozen=True)
-class WeightPlan:
-    """Evaluation of one Taylor weight c_n."""
+class Quantity:
+    """One per-step coefficient: prefactor(s, s') * int_{-log(s/s')}^0 integrand(s, v) dv, and how to evaluate it."""
 
-    n: int
-    kind: str  # "closed" or "quadrature"
-    closed: sp.Expr | None = None
+    name: str
+    label: str
+    prefactor: sp.Expr
+    integrand: sp.Expr
+    closed: sp.Expr | None
+    #: series: value = prefactor * h^series_power * sum_m series[m] h^m (weights only)
+    series_power: int | None = None
+    kind: str = "quadrature"
     series: tuple[sp.Expr, ...] = ()
     threshold: float = 0.0
     closed_error: float = 0.0
@@ -60,33 +71,74 @@ class WeightPlan:
 class CoefficientPlan:
     step: ERSDEStep
     order: int
-    weights: tuple[WeightPlan, ...]
+    weights: tuple[Quantity, ...]
+    noise_variance: Quantity
     quadrature_nodes: int
     quadrature_error: float
 
     @property
-    def uses_quadrature(self) -> bool:
-        return any(w.kind == "quadrature" for w in self.weights)
+    def quantities(self) -> tuple[Quantity, ...]:
+        return (*self.weights, self.noise_variance)
 
+    @property
+    def uses_quadrature(self) -> bool:
+        return any(q.kind == "quadrature" for q in self.quantities)
+
+
+def weight_quantity(step: ERSDEStep, n: int) -> Quantity:
+    return Quantity(
+        name=f"c{n}",
+        label=f"c_{n}",
+        prefactor=step.phi.subs(s, sigma_next),
+        integrand=step.weight_integrand_log(n),
+        closed=closed_form_weight(step, n),
+        series_power=n + 1,
+    )
+
+
+def variance_quantity(step: ERSDEStep) -> Quantity:
+    """v = phi(s')^2 int h^2/phi^2 dx with h^2 = 2x (x phi'/phi - 1); in v = log(x/s), dx = x dv."""
+    h2_over_phi2 = 2 * s * step.noise_fraction / step.phi**2
+    integrand = (s * h2_over_phi2).subs(s, sigma * sp.exp(v))
+    return Quantity(
+        name="noise_variance",
+        label="v",
+        prefactor=step.phi.subs(s, sigma_next) ** 2,
+        integrand=integrand,
+        closed=step.noise_variance,
+    )
 
 
 def plan_coefficients(step: ERSDEStep, order: int) -> CoefficientPlan:
-    weights = [WeightPlan(0, "closed", closed=closed_form_weight(step, 0))]
-    need_quadrature = []
+    weights = []
     closed_available = True
-    for n in range(1, order):
-        # (s - sigma)^(n-1)/phi contains 1/phi: without an antiderivative of 1/phi there is none for n > 1
-        plan = _plan_closed(step, n) if closed_available else None
-        if plan is None and n == 1:
-            closed_available = closed_form_weight(step, 1) is not None
-        if plan is None:
-            need_quadrature.append(n)
-            plan = WeightPlan(n, "quadrature")
-        weights.append(plan)
-    nodes, error = (0, 0.0)
-    if need_quadrature:
-        nodes, error = _choose_quadrature(step, tuple(need_quadrature))
-    return CoefficientPlan(step, order, tuple(weights), nodes, error)
+    for n in range(order):
+        quantity = weight_quantity(step, n) if closed_available or n == 0 else None
+        if quantity is None:
+            quantity = dataclasses.replace(weight_quantity_quadrature_only(step, n))
+        elif n == 1 and quantity.closed is None:
+            # (x - s)^(n-1)/phi contains 1/phi: without an antiderivative of 1/phi there is none for n > 1
+            closed_available = False
+        weights.append(_plan_closed(step, quantity))
+    variance = _plan_closed(step, variance_quantity(step), allow_series=False)
+    need = tuple(q for q in (*weights, variance) if q.kind == "quadrature" and not _is_zero(q))
+    nodes, error = _choose_quadrature(step, need) if need else (0, 0.0)
+    return CoefficientPlan(step, order, tuple(weights), variance, nodes, error)
+
+
+def weight_quantity_quadrature_only(step: ERSDEStep, n: int) -> Quantity:
+    return Quantity(
+        name=f"c{n}",
+        label=f"c_{n}",
+        prefactor=step.phi.subs(s, sigma_next),
+        integrand=step.weight_integrand_log(n),
+        closed=None,
+        series_power=n + 1,
+    )
+
+
+def _is_zero(q: Quantity) -> bool:
+    return q.closed is not None and q.closed == 0
 
 
 def log_ratio(a, b):
@@ -100,30 +152,37 @@ def _points() -> list[tuple[float, float]]:
     return [(sg, sg * rho) for sg in SIGMA_GRID for rho in RATIO_GRID]
 
 
-def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float) -> mpmath.mpf:
-    """c_n to ~30 digits: phi(b) * int_{-log(a/b)}^0 (integrand in v = log(s/a)) dv.
+def mp_quantity(q: Quantity, a: float, b: float) -> mpmath.mpf:
+    """prefactor * integral to ~30 digits with a fixed 96-point Gauss-Legendre rule at 34 digits.
 
-    A fixed 96-point Gauss-Legendre rule at :data:`REFERENCE_DPS` digits: the integrand is entire in v and the
-    interval at most log(1e4) long, so the rule's error is far below 1e-30 (tests confirm it against the
-    closed forms at 120 digits). mpmath's default tanh-sinh rule loses about ten digits on these integrands
-    for steps of relative size 1e-9.
+    The integrand is entire in v and the interval at most log(1e4) long, so the rule's error is far below
+    1e-30 (tests confirm it against closed forms at 120 digits). mpmath's default tanh-sinh rule loses about
+    ten digits on these integrands for steps of relative size 1e-9, so it is not used.
     """
-    f = _mp_function(step, n)
-    phi = _mp_phi(step.phi)
+    f, pre = _mp_functions(q.integrand, q.prefactor)
     nodes, weights = _mp_rule(REFERENCE_NODES, REFERENCE_DPS)
     with mpmath.workdps(REFERENCE_DPS):
         A, B = mpmath.mpf(a), mpmath.mpf(b)
         half = mpmath.log(A / B) / 2
         total = mpmath.fsum(wk * f(A, half * (xk - 1)) for xk, wk in zip(nodes, weights))
-        return phi(B) * half * total
+        return pre(A, B) * half * total
+
+
+def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float) -> mpmath.mpf:
+    """c_n by :func:`mp_quantity` (an independent reference for tests and checks)."""
+    return mp_quantity(weight_quantity_quadrature_only(step, n), a, b)
+
+
+def mp_noise_variance(step: ERSDEStep, a: float, b: float) -> mpmath.mpf:
+    q = variance_quantity(step)
+    return mp_quantity(dataclasses.replace(q, closed=None), a, b)
 
 
 @functools.lru_cache(maxsize=None)
 def _mp_rule(count: int, dps: int):
     with mpmath.workdps(dps):
         rule = mpmath.calculus.quadrature.GaussLegendre(mpmath.mp)
-        # mpmath's rule of degree m has 3 * 2^(m-1) nodes; take the one with >= count nodes
-        degree = 1
+        degree = 1  # mpmath's rule of degree m has 3 * 2^(m-1) nodes
         while 3 * 2 ** (degree - 1) < count:
             degree += 1
         pairs = rule.calc_nodes(degree, mpmath.mp.prec)
@@ -131,56 +190,53 @@ def _mp_rule(count: int, dps: int):
 
 
 @functools.lru_cache(maxsize=None)
-def _mp_function(step: ERSDEStep, n: int):
-    return sp.lambdify((sigma, v), step.weight_integrand_log(n), modules="mpmath")
+def _mp_functions(integrand: sp.Expr, prefactor: sp.Expr) -> tuple[Callable, Callable]:
+    return (
+        sp.lambdify((sigma, v), integrand, modules="mpmath"),
+        sp.lambdify((sigma, sigma_next), prefactor, modules="mpmath"),
+    )
 
 
-@functools.lru_cache(maxsize=None)
-def _mp_phi(phi: sp.Expr):
-    return sp.lambdify(s, phi, modules="mpmath")
-
-
-def _choose_quadrature(step: ERSDEStep, ns: tuple[int, ...]) -> tuple[int, float]:
+def _choose_quadrature(step: ERSDEStep, quantities: tuple[Quantity, ...]) -> tuple[int, float]:
     points = _points()
-    reference = {(n, p): _mp_quad_weight(step, n, *p) for n in ns for p in points}
-    integrands = {n: sp.lambdify((sigma, v), step.weight_integrand_log(n), "numpy") for n in ns}
-    phi = sp.lambdify(s, step.phi, "numpy")
     a = np.array([p[0] for p in points])
     b = np.array([p[1] for p in points])
+    references = {q.name: np.array([float(mp_quantity(q, *p)) for p in points]) for q in quantities}
+    integrands = {q.name: sp.lambdify((sigma, v), q.integrand, "numpy") for q in quantities}
+    prefactors = {q.name: sp.lambdify((sigma, sigma_next), q.prefactor, "numpy") for q in quantities}
+    length = log_ratio(a, b)
     for count in QUADRATURE_NODES:
         x, w = (np.array(val) for val in gauss_legendre(count))
-        # log(a/b) from the exactly computed step h = a - b, then v = log(s/a) in [-L, 0]
-        length = log_ratio(a, b)
         vv = -0.5 * length[:, None] * (1 - x[None, :])
         worst = 0.0
-        for n in ns:
+        for q in quantities:
             with np.errstate(all="ignore"):
-                value = phi(b) * 0.5 * length * (integrands[n](a[:, None], vv) @ w)
-            exact = np.array([float(reference[(n, p)]) for p in points])
-            err = np.max(np.abs(value - exact) / np.abs(exact))
-            worst = max(worst, float(err))
+                value = prefactors[q.name](a, b) * 0.5 * length * (integrands[q.name](a[:, None], vv) @ w)
+            exact = references[q.name]
+            worst = max(worst, float(np.max(np.abs(value - exact) / np.abs(exact))))
         if worst <= TARGET:
-            # the error is at rounding level here; a margin of a quarter more nodes keeps the choice
-            # away from the rounding noise (and so the same on every machine)
             margin = next(c for c in QUADRATURE_NODES if c >= count * 5 // 4)
             return margin, worst
     raise ArithmeticError(f"Gauss-Legendre quadrature did not reach {TARGET:g} with {QUADRATURE_NODES[-1]} nodes")
 
 
-def _plan_closed(step: ERSDEStep, n: int) -> WeightPlan | None:
-    closed = closed_form_weight(step, n)
-    if closed is None:
-        return None
-    f64 = sp.lambdify((sigma, sigma_next), closed, "numpy", cse=True)
-    fmp = sp.lambdify((sigma, sigma_next), closed, "mpmath")
+def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> Quantity:
+    """Measure the closed form; keep it (with a series below the switch point) or fall back to quadrature."""
+    if q.closed is None:
+        return q
+    if q.closed == 0:
+        return dataclasses.replace(q, kind="closed")
+    f64 = sp.lambdify((sigma, sigma_next), q.closed, "numpy", cse=True)
+    fmp = sp.lambdify((sigma, sigma_next), q.closed, "mpmath")
     errors = np.zeros(len(T_GRID))
     exacts = {}
     for i, t in enumerate(T_GRID):
         worst = 0.0
         for sg in SIGMA_GRID:
             nxt = sg * (1 - t)
-            # the closed form loses (n + 1) log10(1/t) digits to cancellation: evaluate with that many more
-            with mpmath.workdps(REFERENCE_DPS + int((n + 1) * math.log10(1 / t)) + 5):
+            # the closed form may lose up to (power) log10(1/t) digits to cancellation: evaluate with more
+            extra = int(((q.series_power or 2) + 1) * math.log10(1 / t)) + 5
+            with mpmath.workdps(REFERENCE_DPS + extra):
                 exact = +fmp(mpmath.mpf(sg), mpmath.mpf(nxt))
             exacts[(t, sg)] = exact
             with np.errstate(all="ignore"):
@@ -190,17 +246,20 @@ def _plan_closed(step: ERSDEStep, n: int) -> WeightPlan | None:
         errors[i] = worst
     ok = errors <= TARGET
     if not ok[-1]:
-        return None
+        return q
     first = len(T_GRID) - 1
     while first > 0 and ok[first - 1]:
         first -= 1
-    threshold = T_GRID[first]
     if first == 0:
-        return WeightPlan(n, "closed", closed=closed, threshold=0.0, closed_error=float(errors.max()))
+        return dataclasses.replace(q, kind="closed", closed_error=float(errors.max()))
+    if not allow_series or q.series_power is None:
+        return q
+    threshold = T_GRID[first]
+    n = q.series_power - 1
     coefficients = step.weight_series_coefficients(n, MAX_SERIES_TERMS)
     a_mp = [sp.lambdify(sigma, c, "mpmath") for c in coefficients]
     phi_mp = sp.lambdify(s, step.phi, "mpmath")
-    for terms in range(1, MAX_SERIES_TERMS + 1):
+    for terms in range(1, len(coefficients) + 1):
         worst = 0.0
         for sg in SIGMA_GRID:
             nxt = sg * (1 - threshold)
@@ -210,18 +269,12 @@ def _plan_closed(step: ERSDEStep, n: int) -> WeightPlan | None:
                 exact = exacts[(threshold, sg)]
                 worst = max(worst, float(abs(series - exact) / abs(exact)))
         if worst <= TARGET / 10:
-            return WeightPlan(
-                n,
-                "closed",
-                closed=closed,
+            return dataclasses.replace(
+                q,
+                kind="closed",
                 series=coefficients[:terms],
                 threshold=threshold,
                 closed_error=float(errors[first:].max()),
                 series_error=worst,
             )
-    return None
-
-
-def series_expression(plan: WeightPlan) -> sp.Expr:
-    """phi(sigma_next) * h^(n+1) * sum_m a_m h^m in Horner form, a function of sigma, sigma_next, h."""
-    raise NotImplementedError
+    return q

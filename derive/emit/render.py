@@ -12,7 +12,7 @@ import jinja2
 import sympy as sp
 
 from derive.checks import generic_checks, interpolation_check, step_checks
-from derive.coefficients import CoefficientPlan, WeightPlan, _mp_quad_weight, plan_coefficients
+from derive.coefficients import CoefficientPlan, Quantity, _mp_quad_weight, plan_coefficients
 from derive.emit.printer import Polyval, Routine, make_routine
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
@@ -55,63 +55,55 @@ def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     step = derive_step(phi)
     generic_checks()
     plan = plan_coefficients(step, spec.order)
-    closed = {w.n: w.closed for w in plan.weights if w.closed is not None}
+    closed = {int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None}
     step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
     for k in range(1, spec.order + 1):
         interpolation_check(k)
     return step, plan
 
 
-def _series_expression(step: ERSDEStep, plan: WeightPlan) -> sp.Expr:
-    """phi(sigma_next) h^(n+1) sum_m a_m(sigma) h^m: the small-step series (summed by Horner's rule)."""
-    return step.phi.subs(s, sigma_next) * h ** (plan.n + 1) * Polyval(h, *plan.series)
+def _series_expression(q: Quantity) -> sp.Expr:
+    """prefactor h^p sum_m a_m(sigma) h^m: the small-step series (summed by Horner's rule)."""
+    return q.prefactor * h**q.series_power * Polyval(h, *q.series)
+
+
+def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
+    """The routines for one coefficient and the call that evaluates it for all steps at once."""
+    if q.kind == "closed" and q.closed == 0:
+        return [], "torch.zeros_like(sigma)"
+    if q.kind == "closed":
+        closed = make_routine(f"_{q.name}_closed", [sigma, sigma_next], [q.closed], f"{q.label} in closed form.", tensor_like="sigma")
+        if not q.series:
+            return [closed], f"{closed.name}(sigma, sigma_next)"
+        series = make_routine(
+            f"_{q.name}_series",
+            [sigma, sigma_next, h],
+            [_series_expression(q)],
+            f"{q.label} by its small-step series ({len(q.series)} terms), h = sigma - sigma_next.",
+            tensor_like="sigma",
+        )
+        return [closed, series], f"_switch(sigma, sigma_next, {q.threshold!r}, {closed.name}, {series.name})"
+    integrand = make_routine(
+        f"_{q.name}_integrand", [sigma, v], [q.integrand], f"Integrand of {q.label} in v = log(s / sigma).", tensor_like="v"
+    )
+    prefactor = make_routine(
+        f"_{q.name}_prefactor", [sigma, sigma_next], [q.prefactor], f"Factor in front of the integral of {q.label}.", tensor_like="sigma"
+    )
+    return [integrand, prefactor], f"_quadrature({integrand.name}, {prefactor.name}, sigma, sigma_next)"
 
 
 def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
     routines: list[Routine] = [
         make_routine("noise_scale_fn", [s], [step.phi], "phi(s), the noise-scale function.", tensor_like="s"),
         make_routine("_ratio", [sigma, sigma_next], [step.ratio], "r = phi(sigma_next) / phi(sigma).", tensor_like="sigma"),
-        make_routine(
-            "_noise_variance",
-            [sigma, sigma_next],
-            [step.noise_variance],
-            "v = sigma_next^2 - sigma^2 r^2: the variance of the injected noise.",
-            tensor_like="sigma",
-        ),
     ]
-    evaluations = []
-    for w in plan.weights:
-        item = {"n": w.n, "kind": w.kind, "closed": None, "series": None, "integrand": None, "threshold": None}
-        if w.kind == "closed":
-            name = f"_c{w.n}_closed"
-            routines.append(make_routine(name, [sigma, sigma_next], [w.closed], f"c_{w.n} in closed form.", tensor_like="sigma"))
-            item["closed"] = name
-            if w.series:
-                name = f"_c{w.n}_series"
-                routines.append(
-                    make_routine(
-                        name,
-                        [sigma, sigma_next, h],
-                        [_series_expression(step, w)],
-                        f"c_{w.n} by its small-step series ({len(w.series)} terms), h = sigma - sigma_next.",
-                        tensor_like="sigma",
-                    )
-                )
-                item["series"] = name
-                item["threshold"] = repr(w.threshold)
-        else:
-            name = f"_c{w.n}_integrand"
-            routines.append(
-                make_routine(
-                    name,
-                    [sigma, v],
-                    [step.weight_integrand_log(w.n)],
-                    f"Integrand of c_{w.n} in v = log(s / sigma).",
-                    tensor_like="v",
-                )
-            )
-            item["integrand"] = name
-        evaluations.append(item)
+    weight_calls = []
+    for q in plan.weights:
+        extra, call = _quantity_routines(q)
+        routines.extend(extra)
+        weight_calls.append(call)
+    extra, variance_call = _quantity_routines(plan.noise_variance)
+    routines.extend(extra)
     derivative_routines = []
     for k in range(1, spec.order + 1):
         D = derivative_weights(k)
@@ -127,33 +119,34 @@ def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
             )
         )
         derivative_routines.append((k, name))
-    return routines, evaluations, derivative_routines
+    return routines, weight_calls, variance_call, derivative_routines
 
 
 def _evaluation_notes(plan: CoefficientPlan) -> list[str]:
-    notes = ["c_0 = 1 - r (closed form)."]
-    for w in plan.weights[1:]:
-        if w.kind == "closed" and w.series:
+    notes = []
+    for q in plan.quantities:
+        if q.kind == "closed" and q.closed == 0:
+            notes.append(f"{q.label} = 0.")
+        elif q.kind == "closed" and q.series:
             notes.append(
-                f"c_{w.n}: closed form for h/sigma >= {w.threshold:.3g} (max rel. error {w.closed_error:.1e}), "
-                f"below it a {len(w.series)}-term series (rel. error {w.series_error:.1e} at the switch)."
+                f"{q.label}: closed form for h/sigma >= {q.threshold:.3g} (max rel. error {q.closed_error:.1e}), "
+                f"below it a {len(q.series)}-term series (rel. error {q.series_error:.1e} at the switch)."
             )
-        elif w.kind == "closed":
-            notes.append(f"c_{w.n}: closed form (max rel. error {w.closed_error:.1e}).")
+        elif q.kind == "closed":
+            notes.append(f"{q.label}: closed form (max rel. error {q.closed_error:.1e}).")
         else:
-            notes.append(f"c_{w.n}: {plan.quadrature_nodes}-point Gauss-Legendre in log s (no closed form used).")
+            reason = "no closed form" if q.closed is None else "the closed form cancels for short steps"
+            notes.append(f"{q.label}: {plan.quadrature_nodes}-point Gauss-Legendre in log s ({reason}).")
     if plan.uses_quadrature:
-        notes.append(
-            f"Quadrature: max rel. error {plan.quadrature_error:.1e} over sigma in [1e-4, 1e4] and step ratios"
-        )
-        notes.append("sigma_next/sigma in [1e-4, 1 - 1e-9]; its integrands are smooth and of one sign in log s.")
+        notes.append(f"Quadrature: max rel. error {plan.quadrature_error:.1e} over sigma in [1e-4, 1e4] and step")
+        notes.append("ratios sigma_next/sigma in [1e-4, 1 - 1e-9]; the integrands are smooth and one-signed in log s.")
     return notes
 
 
 def render(spec: Spec) -> str:
     """The text of the generated module for ``spec`` (formatted)."""
     step, plan = derive_spec(spec)
-    routines, evaluations, derivative_routines = _routines(spec, step, plan)
+    routines, weight_calls, variance_call, derivative_routines = _routines(spec, step, plan)
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     spec_dict = spec.as_dict()
     context = {
@@ -172,8 +165,9 @@ def render(spec: Spec) -> str:
         "quadrature_x": [repr(x) for x in xs],
         "quadrature_w": [repr(w) for w in ws],
         "routines": routines,
-        "weight_evaluations": evaluations,
-        "any_series": any(e["series"] for e in evaluations),
+        "weight_calls": weight_calls,
+        "variance_call": variance_call,
+        "any_series": any(q.series for q in plan.quantities),
         "derivative_routines": derivative_routines,
     }
     text = _environment().get_template("ersde.py.jinja").render(**context)

@@ -35,7 +35,7 @@ phi_generic = sp.Function("phi")
 
 @dataclasses.dataclass(frozen=True)
 class ERSDEStep:
-    """The exact one-step solution of the ER SDE for a given phi, as SymPy expressions.
+    r"""The exact one-step solution of the ER SDE for a given phi, as SymPy expressions.
 
     .. math::
         y_{i+1} = r\,y_i + \varphi(s_{i+1}) \int_{s_{i+1}}^{s_i} \frac{\varphi'(s)}{\varphi(s)^2}
@@ -71,22 +71,26 @@ class ERSDEStep:
         """
         return self.weight_density_log.subs(s, sigma * sp.exp(v)) * (sigma * expm1(v)) ** n / sp.factorial(n)
 
-    def weight_series_coefficients(self, n: int, terms: int) -> tuple[sp.Expr, ...]:
+    def weight_series_coefficients(self, n: int, terms: int, max_ops: int = 400) -> tuple[sp.Expr, ...]:
         r"""Coefficients a_m(sigma), m = 0..terms-1, of the small-step series
 
         .. math:: c_n = \varphi(s_{i+1}) \sum_m a_m(s_i)\, h^{n+m+1},\quad
                   a_m = \frac{(-1)^{n+m}\, w^{(m)}(s_i)}{n!\, m!\, (n+m+1)} ,
 
         obtained by expanding :math:`w = \varphi'/\varphi^2` about :math:`s_i` and integrating term by term.
+        Stops early (returns fewer terms) once a coefficient grows beyond ``max_ops`` operations: such a
+        series is not worth printing, and the caller falls back to quadrature.
         """
-        w = self.weight_density
         out = []
-        derivative = w
+        derivative = self.weight_density
         for m in range(terms):
             if m:
                 derivative = sp.diff(derivative, s)
+                if sp.count_ops(derivative) > max_ops:
+                    break
+                derivative = sp.factor(derivative) if sp.count_ops(derivative) < 60 else derivative
             coeff = (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
-            out.append(sp.simplify(coeff))
+            out.append(coeff)
         return tuple(out)
 
 
@@ -100,7 +104,8 @@ def closed_form_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr
     """
     phi_next = step.phi.subs(s, sigma_next)
     if n == 0:
-        return sp.simplify(1 - step.ratio)
+        # factored, so that a factor (sigma - sigma_next) appears explicitly where it can
+        return sp.factor(sp.together(1 - step.ratio))
     integrand = sp.expand((s - sigma) ** (n - 1)) / step.phi
     antiderivative = _antiderivative(sp.expand(integrand), timeout)
     if antiderivative is None:
