@@ -12,7 +12,7 @@ import sys
 import click
 
 from derive.errors import DeriveError, DriftError
-from derive.spec import CATALOGUE, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, Spec
+from derive.spec import CATALOGUE, DYNAMICS, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, PREDICTIONS, Spec
 
 
 def _fail(error: DeriveError) -> None:
@@ -49,11 +49,14 @@ def main() -> None:
     help=f"Noise-scale function phi(s): a preset ({', '.join(PHI_PRESETS)}) or an expression in s.",
 )
 @click.option("--method", type=click.Choice(METHODS), default="taylor", show_default=True, help="Expansion method.")
+@click.option("--dynamics", type=click.Choice(DYNAMICS), default=None, help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only.")
+@click.option("--prediction", type=click.Choice(PREDICTIONS), default=None, help="What the model predicts; selects the update form (default: the family's usual one).")
+@click.option("--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde).")
 @click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("generated"), show_default=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Overwrite files that were edited by hand.")
-def gen(family, order, phi, method, all_, check, out, force) -> None:
+def gen(family, order, phi, method, dynamics, prediction, schedule, all_, check, out, force) -> None:
     """Derive and emit solver modules (prints the paths written)."""
     from derive.emit.render import render
     from derive.emit.write import diff_modules, module_path, write_modules
@@ -63,7 +66,11 @@ def gen(family, order, phi, method, all_, check, out, force) -> None:
     else:
         if order is None:
             raise click.UsageError("give --order K (or --all)")
-        specs = [Spec(family=family, order=order, phi=phi, method=method)]
+        if family != "ersde" and dynamics is None:
+            dynamics = "er" if phi != "default" else "ode"
+        specs = [
+            Spec(family=family, order=order, phi=phi, method=method, dynamics=dynamics, prediction=prediction, schedule=schedule)
+        ]
     rendered = {spec: render(spec) for spec in specs}
     if check:
         diff = diff_modules(rendered, out, manifest_complete=all_)
@@ -84,11 +91,19 @@ def list_() -> None:
     from rich.table import Table
 
     table = Table(title="derive catalogue")
-    for column in ("module", "family", "order", "phi", "dynamics", "prediction"):
+    for column in ("module", "family", "order", "dynamics", "phi", "prediction", "schedule"):
         table.add_column(column)
+    names = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}
     for spec in CATALOGUE:
-        dynamics = {"ode": "probability-flow ODE", "sde": "reverse SDE"}.get(spec.phi, "ER SDE")
-        table.add_row(spec.name, spec.family, str(spec.order), spec.phi_text, dynamics, "data")
+        table.add_row(
+            spec.name,
+            spec.family,
+            str(spec.order),
+            names[spec.resolved_dynamics],
+            spec.phi_text,
+            spec.resolved_prediction,
+            spec.resolved_schedule or "-",
+        )
     Console().print(table)
 
 

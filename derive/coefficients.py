@@ -33,7 +33,17 @@ import numpy as np
 import sympy as sp
 
 from derive.quadrature import gauss_legendre
-from derive.symbolic.ersde import ERSDEStep, closed_form_weight, s, sigma, sigma_next, v
+from derive.symbolic.ersde import (
+    ERSDEStep,
+    closed_form_noise_variance,
+    closed_form_noise_weight,
+    closed_form_weight,
+    s,
+    series_coefficients,
+    sigma,
+    sigma_next,
+    v,
+)
 
 #: Relative accuracy required of every float64 coefficient.
 TARGET = 4e-15
@@ -60,6 +70,8 @@ class Quantity:
     closed: sp.Expr | None
     #: series: value = prefactor * h^series_power * sum_m series[m] h^m (weights only)
     series_power: int | None = None
+    #: the density rho of the weight integral int rho(x) (x - sigma)^n/n! dx, for its small-step series
+    density: sp.Expr | None = None
     kind: str = "quadrature"
     series: tuple[sp.Expr, ...] = ()
     threshold: float = 0.0
@@ -85,56 +97,68 @@ class CoefficientPlan:
         return any(q.kind == "quadrature" for q in self.quantities)
 
 
-def weight_quantity(step: ERSDEStep, n: int) -> Quantity:
+def weight_quantity(step: ERSDEStep, n: int, form: str = "data", closed: bool = True) -> Quantity:
+    """c_n (data form: x0 weights) or e_n (noise form: eps weights)."""
+    if form == "data":
+        return Quantity(
+            name=f"c{n}",
+            label=f"c_{n}",
+            prefactor=step.phi.subs(s, sigma_next),
+            integrand=step.weight_integrand_log(n),
+            closed=closed_form_weight(step, n) if closed else None,
+            series_power=n + 1,
+            density=step.weight_density,
+        )
     return Quantity(
-        name=f"c{n}",
-        label=f"c_{n}",
-        prefactor=step.phi.subs(s, sigma_next),
-        integrand=step.weight_integrand_log(n),
-        closed=closed_form_weight(step, n),
+        name=f"e{n}",
+        label=f"e_{n}",
+        prefactor=sp.Integer(1),
+        integrand=step.noise_integrand_log(n),
+        closed=closed_form_noise_weight(step, n) if closed else None,
         series_power=n + 1,
+        density=step.noise_density,
     )
 
 
-def variance_quantity(step: ERSDEStep) -> Quantity:
-    """v = phi(s')^2 int h^2/phi^2 dx with h^2 = 2x (x phi'/phi - 1); in v = log(x/s), dx = x dv."""
-    h2_over_phi2 = 2 * s * step.noise_fraction / step.phi**2
-    integrand = (s * h2_over_phi2).subs(s, sigma * sp.exp(v))
+def variance_quantity(step: ERSDEStep, form: str = "data") -> Quantity:
+    """Data form: v = phi(s')^2 int h^2/phi^2 dx; noise form: w = int h^2 dx; h^2 = 2x (x phi'/phi - 1)."""
+    if form == "data":
+        h2_over_phi2 = 2 * s * step.noise_fraction / step.phi**2
+        return Quantity(
+            name="noise_variance",
+            label="v",
+            prefactor=step.phi.subs(s, sigma_next) ** 2,
+            integrand=(s * h2_over_phi2).subs(s, sigma * sp.exp(v)),
+            closed=step.noise_variance,
+        )
     return Quantity(
         name="noise_variance",
-        label="v",
-        prefactor=step.phi.subs(s, sigma_next) ** 2,
-        integrand=integrand,
-        closed=step.noise_variance,
+        label="w",
+        prefactor=sp.Integer(1),
+        integrand=step.noise_form_variance_integrand_log(),
+        closed=closed_form_noise_variance(step),
     )
 
 
-def plan_coefficients(step: ERSDEStep, order: int) -> CoefficientPlan:
+def plan_coefficients(step: ERSDEStep, order: int, form: str = "data") -> CoefficientPlan:
     weights = []
     closed_available = True
     for n in range(order):
-        quantity = weight_quantity(step, n) if closed_available or n == 0 else None
-        if quantity is None:
-            quantity = dataclasses.replace(weight_quantity_quadrature_only(step, n))
-        elif n == 1 and quantity.closed is None:
+        quantity = weight_quantity(step, n, form, closed=closed_available or n == 0)
+        if form == "data" and n == 1 and quantity.closed is None:
             # (x - s)^(n-1)/phi contains 1/phi: without an antiderivative of 1/phi there is none for n > 1
             closed_available = False
+        if form == "noise" and quantity.closed is None:
+            closed_available = False
         weights.append(_plan_closed(step, quantity))
-    variance = _plan_closed(step, variance_quantity(step), allow_series=False)
+    variance = _plan_closed(step, variance_quantity(step, form), allow_series=False)
     need = tuple(q for q in (*weights, variance) if q.kind == "quadrature" and not _is_zero(q))
     nodes, error = _choose_quadrature(step, need) if need else (0, 0.0)
     return CoefficientPlan(step, order, tuple(weights), variance, nodes, error)
 
 
-def weight_quantity_quadrature_only(step: ERSDEStep, n: int) -> Quantity:
-    return Quantity(
-        name=f"c{n}",
-        label=f"c_{n}",
-        prefactor=step.phi.subs(s, sigma_next),
-        integrand=step.weight_integrand_log(n),
-        closed=None,
-        series_power=n + 1,
-    )
+def weight_quantity_quadrature_only(step: ERSDEStep, n: int, form: str = "data") -> Quantity:
+    return weight_quantity(step, n, form, closed=False)
 
 
 def _is_zero(q: Quantity) -> bool:
@@ -168,13 +192,13 @@ def mp_quantity(q: Quantity, a: float, b: float) -> mpmath.mpf:
         return pre(A, B) * half * total
 
 
-def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float) -> mpmath.mpf:
-    """c_n by :func:`mp_quantity` (an independent reference for tests and checks)."""
-    return mp_quantity(weight_quantity_quadrature_only(step, n), a, b)
+def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float, form: str = "data") -> mpmath.mpf:
+    """c_n (or e_n) by :func:`mp_quantity` (an independent reference for tests and checks)."""
+    return mp_quantity(weight_quantity_quadrature_only(step, n, form), a, b)
 
 
-def mp_noise_variance(step: ERSDEStep, a: float, b: float) -> mpmath.mpf:
-    q = variance_quantity(step)
+def mp_noise_variance(step: ERSDEStep, a: float, b: float, form: str = "data") -> mpmath.mpf:
+    q = variance_quantity(step, form)
     return mp_quantity(dataclasses.replace(q, closed=None), a, b)
 
 
@@ -256,16 +280,16 @@ def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> 
         return q
     threshold = T_GRID[first]
     n = q.series_power - 1
-    coefficients = step.weight_series_coefficients(n, MAX_SERIES_TERMS)
+    coefficients = series_coefficients(q.density, n, MAX_SERIES_TERMS)
     a_mp = [sp.lambdify(sigma, c, "mpmath") for c in coefficients]
-    phi_mp = sp.lambdify(s, step.phi, "mpmath")
+    pre_mp = sp.lambdify((sigma, sigma_next), q.prefactor, "mpmath")
     for terms in range(1, len(coefficients) + 1):
         worst = 0.0
         for sg in SIGMA_GRID:
             nxt = sg * (1 - threshold)
             with mpmath.workdps(REFERENCE_DPS + 20):
                 H = mpmath.mpf(sg) - mpmath.mpf(nxt)
-                series = phi_mp(mpmath.mpf(nxt)) * sum(a_mp[m](mpmath.mpf(sg)) * H ** (n + m + 1) for m in range(terms))
+                series = pre_mp(mpmath.mpf(sg), mpmath.mpf(nxt)) * sum(a_mp[m](mpmath.mpf(sg)) * H ** (n + m + 1) for m in range(terms))
                 exact = exacts[(threshold, sg)]
                 worst = max(worst, float(abs(series - exact) / abs(exact)))
         if worst <= TARGET / 10:

@@ -9,26 +9,38 @@ import re
 
 from derive.errors import SpecError
 from derive.symbolic.expression import PRESETS
+from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
 
-FAMILIES = ("ersde",)
+#: ``ersde`` works directly in normalized coordinates (k-diffusion convention); the others are processes.
+FAMILIES = ("ersde", *PROCESS_FAMILIES)
 METHODS = ("taylor",)
+DYNAMICS = ("ode", "sde", "er")
+PREDICTIONS = ("data", "noise", "velocity")
 MAX_ORDER = 8
 
 #: Named noise-scale functions. ``default`` is the ER-SDE-Solver paper's recommended choice.
 PHI_PRESETS = PRESETS
+#: dynamics -> the phi that realises it (``er`` takes the spec's phi)
+DYNAMICS_PHI = {"ode": "ode", "sde": "sde"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
-    """One solver: the family, its multistep order, the noise-scale function and the expansion method.
+    """One solver: family, multistep order, dynamics (phi), the model's prediction and the schedule.
 
-    ``phi`` is either a preset name (``default``, ``ode``, ``sde``) or an expression in ``s`` (= sigma/alpha).
+    ``phi`` is a preset name (``default``, ``ode``, ``sde``) or an expression in ``s`` (= sigma/alpha); for
+    process families ``dynamics`` chooses it (``ode``: phi = s, ``sde``: phi = s^2, ``er``: the given phi).
+    ``prediction`` is what the model returns and selects the update form: ``data`` (DPM-Solver++-like,
+    x0 expanded), ``noise`` (DPM-Solver-like, eps expanded) or ``velocity`` (converted to data).
     """
 
     family: str = "ersde"
     order: int = 3
     phi: str = "default"
     method: str = "taylor"
+    dynamics: str | None = None
+    prediction: str | None = None
+    schedule: str | None = None
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -41,11 +53,66 @@ class Spec:
             raise SpecError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if not isinstance(self.phi, str) or not self.phi.strip():
             raise SpecError("phi must be a preset name or an expression in s")
+        if self.dynamics is not None and self.dynamics not in DYNAMICS:
+            raise SpecError(f"unknown dynamics {self.dynamics!r}; choose one of: {', '.join(DYNAMICS)}")
+        if self.prediction is not None and self.prediction not in PREDICTIONS:
+            raise SpecError(f"unknown prediction {self.prediction!r}; choose one of: {', '.join(PREDICTIONS)}")
+        if self.family == "ersde":
+            if self.dynamics is not None:
+                raise SpecError("family ersde takes its dynamics from --phi (ode, sde or an expression), not --dynamics")
+            if self.schedule is not None:
+                raise SpecError("family ersde works in normalized coordinates and takes no --schedule")
+            if self.prediction not in (None, "data", "noise"):
+                raise SpecError("family ersde supports --prediction data or noise")
+        else:
+            family = PROCESS_FAMILIES[self.family]
+            if self.dynamics is None:
+                raise SpecError(f"family {self.family} needs --dynamics (ode, sde or er)")
+            if self.dynamics != "er" and self.phi != "default":
+                raise SpecError(f"--phi only applies to --dynamics er (dynamics {self.dynamics} fixes phi)")
+            if self.prediction is not None and self.prediction not in family.predictions:
+                raise SpecError(
+                    f"family {self.family} has no {self.prediction} prediction; choose one of: {', '.join(family.predictions)}"
+                )
+            names = [item.name for item in family.schedules]
+            if self.schedule is not None and self.schedule not in names:
+                raise SpecError(f"family {self.family} has no schedule {self.schedule!r}; choose one of: {', '.join(names)}")
+
+    # ---- resolved values ----------------------------------------------------------------------------------
+    @property
+    def resolved_phi(self) -> str:
+        if self.family != "ersde" and self.dynamics in DYNAMICS_PHI:
+            return DYNAMICS_PHI[self.dynamics]
+        return self.phi
 
     @property
     def phi_text(self) -> str:
         """The expression text of phi (presets resolved)."""
-        return PHI_PRESETS.get(self.phi, self.phi)
+        phi = self.resolved_phi
+        return PHI_PRESETS.get(phi, phi)
+
+    @property
+    def resolved_prediction(self) -> str:
+        if self.prediction is not None:
+            return self.prediction
+        return "data" if self.family == "ersde" else PROCESS_FAMILIES[self.family].default_prediction
+
+    @property
+    def resolved_schedule(self) -> str | None:
+        if self.family == "ersde":
+            return None
+        return self.schedule or PROCESS_FAMILIES[self.family].schedules[0].name
+
+    @property
+    def form(self) -> str:
+        """The update form: ``noise`` expands eps, ``data`` expands x0 (velocity is converted to data)."""
+        return "noise" if self.resolved_prediction == "noise" else "data"
+
+    @property
+    def resolved_dynamics(self) -> str:
+        if self.dynamics is not None:
+            return self.dynamics
+        return {"ode": "ode", "sde": "sde"}.get(self.phi, "er")
 
     @property
     def phi_label(self) -> str:
@@ -60,14 +127,32 @@ class Spec:
     def name(self) -> str:
         """Module name: family + order, with a suffix for each non-default option."""
         parts = [f"{self.family}_order{self.order}"]
-        if self.phi != "default":
-            parts.append(f"phi_{self.phi_label}")
+        if self.family == "ersde":
+            if self.phi != "default":
+                parts.append(f"phi_{self.phi_label}")
+            if self.resolved_prediction != "data":
+                parts.append(self.resolved_prediction)
+        else:
+            family = PROCESS_FAMILIES[self.family]
+            parts.append(self.dynamics)
+            if self.dynamics == "er" and self.phi != "default":
+                parts.append(f"phi_{self.phi_label}")
+            if self.resolved_prediction != family.default_prediction:
+                parts.append(self.resolved_prediction)
+            if self.resolved_schedule != family.schedules[0].name:
+                parts.append(self.resolved_schedule)
         if self.method != "taylor":
             parts.append(self.method)
         return "_".join(parts)
 
     def as_dict(self) -> dict:
-        return {"family": self.family, "order": self.order, "phi": self.phi_text, "method": self.method}
+        out = {"family": self.family, "order": self.order, "phi": self.phi_text, "method": self.method}
+        if self.family != "ersde" or self.resolved_prediction != "data":
+            out["prediction"] = self.resolved_prediction
+        if self.family != "ersde":
+            out["dynamics"] = self.dynamics
+            out["schedule"] = self.resolved_schedule
+        return out
 
     @property
     def digest(self) -> str:
@@ -76,9 +161,19 @@ class Spec:
         return hashlib.sha256(payload).hexdigest()[:16]
 
 
+def _family_catalogue() -> tuple[Spec, ...]:
+    specs = []
+    for family in PROCESS_FAMILIES:
+        for dynamics in ("ode", "sde"):
+            for order in (1, 2, 3):
+                specs.append(Spec(family, order, dynamics=dynamics))
+    return tuple(specs)
+
+
 #: The modules checked in under generated/. ``derive gen --all`` regenerates exactly these.
 CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "default") for k in (1, 2, 3, 4)),
     *(Spec("ersde", k, "ode") for k in (1, 2, 3)),
     *(Spec("ersde", k, "sde") for k in (1, 2, 3)),
+    *_family_catalogue(),
 )

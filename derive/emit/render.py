@@ -19,7 +19,16 @@ from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
 from derive.symbolic.ersde import ERSDEStep, derive_step, h, s, sigma, sigma_next, v
 from derive.symbolic.expression import parse_expression
+from derive.symbolic.families import FAMILIES, derive_family, family_update, pure_noise_limits
+from derive.symbolic.families import alpha as fam_alpha
+from derive.symbolic.families import alpha_next, ratio, sigma_next_t, std, table_value, weight_sum
+from derive.symbolic.families import mu as fam_mu
+from derive.symbolic.families import sigma_t as fam_sigma
+from derive.symbolic.families import t as family_t
+from derive.symbolic.families import x as fam_x
 from derive.symbolic.interpolation import derivative_weights, offset_symbols
+
+output_symbol = sp.Symbol("output", real=True)
 
 TEMPLATE_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "templates"
 LINE_LENGTH = 110
@@ -54,8 +63,8 @@ def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     check_phi(phi, s)
     step = derive_step(phi)
     generic_checks()
-    plan = plan_coefficients(step, spec.order)
-    closed = {int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None}
+    plan = plan_coefficients(step, spec.order, spec.form)
+    closed = {int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data"}
     step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
     for k in range(1, spec.order + 1):
         interpolation_check(k)
@@ -95,7 +104,9 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
 def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
     routines: list[Routine] = [
         make_routine("noise_scale_fn", [s], [step.phi], "phi(s), the noise-scale function.", tensor_like="s"),
-        make_routine("_ratio", [sigma, sigma_next], [step.ratio], "r = phi(sigma_next) / phi(sigma).", tensor_like="sigma"),
+        make_routine("_ratio", [sigma, sigma_next], [step.ratio], "r = phi(sigma_next) / phi(sigma).", tensor_like="sigma")
+        if spec.form == "data"
+        else make_routine("_ratio", [sigma, sigma_next], [sp.Integer(1)], "1: the noise form has no linear term in y.", tensor_like="sigma"),
     ]
     weight_calls = []
     for q in plan.weights:
@@ -150,7 +161,12 @@ def render(spec: Spec) -> str:
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     spec_dict = spec.as_dict()
     context = {
-        "title": f"ER-SDE solver of order {spec.order} (multistep Taylor, one model call per step).",
+        "title": _title(spec),
+        "intro": _intro(spec),
+        "prediction": spec.resolved_prediction,
+        "form": spec.form,
+        "weight_sign": "-1.0" if spec.form == "noise" else "1.0",
+        "y_text": "x / alpha" if spec.family != "mrsde" else "(x - mu) / alpha",
         "command_args": command_args(spec),
         "spec_json": json.dumps(spec_dict, sort_keys=True),
         "spec_python": repr(dict(sorted(spec_dict.items()))),
@@ -170,14 +186,122 @@ def render(spec: Spec) -> str:
         "any_series": any(q.series for q in plan.quantities),
         "derivative_routines": derivative_routines,
     }
-    text = _environment().get_template("ersde.py.jinja").render(**context)
+    context.update(_native_context(spec, step, routines))
+    text = _environment().get_template("solver.py.jinja").render(**context)
     return format_source(text)
+
+
+_DYNAMICS_TEXT = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}
+
+
+def _title(spec: Spec) -> str:
+    dynamics = _DYNAMICS_TEXT[spec.resolved_dynamics]
+    if spec.family == "ersde":
+        where = "normalized coordinates"
+    else:
+        where = FAMILIES[spec.family].title
+    return f"{dynamics} solver of order {spec.order} for the {where} ({spec.resolved_prediction} prediction; multistep, one model call per step)."
+
+
+def _intro(spec: Spec) -> list[str]:
+    lines = ["Entry points: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized"]
+    lines.append("sigmas, a denoiser model)")
+    if spec.family != "ersde":
+        lines[-1] += "; sample_native(model, x, timesteps, ...) with the family's own time and a model"
+        lines.append(f"that returns its {spec.resolved_prediction} prediction")
+    lines[-1] += "."
+    return lines
+
+
+def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dict:
+    """Schedule, conversions and the family-coordinate update of a process family."""
+    if spec.family == "ersde":
+        return {"native": None}
+    derivation = derive_family(spec.family, spec.resolved_schedule)
+    family, schedule = derivation.family, derivation.schedule
+    variable = table_value if schedule.discrete else family_t
+    parameters = [symbol for symbol, _ in schedule.parameters]
+    routines.append(make_routine("_alpha", [variable, *parameters], [schedule.alpha], "alpha of the schedule.", tensor_like=str(variable)))
+    routines.append(make_routine("_sigma", [variable, *parameters], [schedule.sigma], "sigma of the schedule.", tensor_like=str(variable)))
+    prediction = spec.resolved_prediction
+    quantity = derivation.to_data[prediction] if spec.form == "data" else derivation.to_noise[prediction]
+    routines.append(
+        make_routine(
+            "_to_prediction",
+            [fam_x, output_symbol, fam_alpha, fam_sigma, fam_mu],
+            [derivation.to_data[prediction], quantity],
+            f"(data prediction, {'data' if spec.form == 'data' else 'noise'} prediction) from the model's {prediction} output.",
+        )
+    )
+    update = family_update(spec.form, family.mean_reverting)
+    routines.append(
+        make_routine(
+            "_family_coefficients",
+            [fam_alpha, alpha_next, ratio, weight_sum, std],
+            [update.A, update.B, update.C, update.M],
+            "(A, B, C, M) of the update in family coordinates: substitute y = (x - mu)/alpha (derived).",
+        )
+    )
+    limit, _ = pure_noise_limits(step.phi, s)
+    if spec.form == "data":
+        s_next = sigma_next_t / alpha_next
+        rho = step.phi.subs(s, s_next) * limit / fam_sigma  # lim ratio/alpha as alpha -> 0
+        variance = s_next**2 - step.phi.subs(s, s_next) ** 2 * limit**2
+        coefficients = [
+            sp.simplify(update.A.subs(ratio, rho * fam_alpha)),
+            update.B,
+            update.C.subs(std, sp.sqrt(variance)),
+            sp.simplify(update.M.subs({ratio: rho * fam_alpha, weight_sum: 1})),
+        ]
+        routines.append(
+            make_routine(
+                "_pure_noise_step",
+                [fam_sigma, alpha_next, sigma_next_t],
+                coefficients,
+                "(A, B, C, M) of a first step from alpha = 0 (s = oo): the limit of the update (derived).",
+            )
+        )
+    keyword = [(str(symbol), repr(float(default))) for symbol, default in schedule.parameters]
+    if schedule.discrete:
+        table = "alphas_cumprod" if spec.family == "vpsde" else "theta_bar"
+        keyword = [(table, None), *keyword]
+    signature = ", ".join(["t", "*", *[name if default is None else f"{name}={default}" for name, default in keyword]]) if keyword else "t"
+    prediction_doc = {
+        "data": "data prediction x0",
+        "noise": "noise prediction eps",
+        "velocity": f"velocity prediction ({family.velocity_doc})",
+    }[prediction]
+    return {
+        "native": {
+            "schedule": schedule.name,
+            "schedule_doc": schedule.description,
+            "parameters_python": repr({str(k): float(v) for k, v in schedule.parameters}),
+            "limit": repr(float(limit)),
+            "discrete": schedule.discrete,
+            "table": "alphas_cumprod" if spec.family == "vpsde" else "theta_bar",
+            "schedule_signature": signature,
+            "parameter_call": "".join(f", {symbol}" for symbol in parameters),
+            "keyword_parameters": keyword,
+            "keyword_call": "".join(f", {name}={name}" for name, _ in keyword),
+            "mean_reverting": family.mean_reverting,
+            "prediction_doc": prediction_doc,
+            "time_doc": family.time_doc,
+            "mu_doc": "``mu`` is the mean the process reverts to (e.g. the degraded image)." if family.mean_reverting else "",
+            "family_update": update.text,
+        }
+    }
 
 
 def command_args(spec: Spec) -> str:
     args = [f"--family {spec.family}", f"--order {spec.order}"]
+    if spec.dynamics is not None:
+        args.append(f"--dynamics {spec.dynamics}")
     if spec.phi != "default":
         args.append(f"--phi {json.dumps(spec.phi) if ' ' in spec.phi else spec.phi}")
+    if spec.prediction is not None:
+        args.append(f"--prediction {spec.prediction}")
+    if spec.schedule is not None:
+        args.append(f"--schedule {spec.schedule}")
     if spec.method != "taylor":
         args.append(f"--method {spec.method}")
     return " ".join(args)

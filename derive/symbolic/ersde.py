@@ -72,26 +72,66 @@ class ERSDEStep:
         return self.weight_density_log.subs(s, sigma * sp.exp(v)) * (sigma * expm1(v)) ** n / sp.factorial(n)
 
     def weight_series_coefficients(self, n: int, terms: int, max_ops: int = 400) -> tuple[sp.Expr, ...]:
-        r"""Coefficients a_m(sigma), m = 0..terms-1, of the small-step series
+        """Small-step series of the data-form weight c_n (see :func:`series_coefficients`)."""
+        return series_coefficients(self.weight_density, n, terms, max_ops)
 
-        .. math:: c_n = \varphi(s_{i+1}) \sum_m a_m(s_i)\, h^{n+m+1},\quad
-                  a_m = \frac{(-1)^{n+m}\, w^{(m)}(s_i)}{n!\, m!\, (n+m+1)} ,
+    # ---- the noise-prediction form ------------------------------------------------------------------------
+    # With eps = (y - x0)/s the same SDE reads dy = (s phi'/phi) eps ds + h dw: no linear term, so
+    # y_{i+1} = y_i - sum_n e_n E_n + sqrt(w) z with e_n = int_{s'}^{s} (x phi'/phi) (x - s)^n / n! dx
+    # and w = int_{s'}^{s} h^2 dx (eps frozen over the step, as in DPM-Solver's noise-prediction form).
 
-        obtained by expanding :math:`w = \varphi'/\varphi^2` about :math:`s_i` and integrating term by term.
-        Stops early (returns fewer terms) once a coefficient grows beyond ``max_ops`` operations: such a
-        series is not worth printing, and the caller falls back to quadrature.
-        """
-        out = []
-        derivative = self.weight_density
-        for m in range(terms):
-            if m:
-                derivative = sp.diff(derivative, s)
-                if sp.count_ops(derivative) > max_ops:
-                    break
-                derivative = sp.factor(derivative) if sp.count_ops(derivative) < 60 else derivative
-            coeff = (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
-            out.append(coeff)
-        return tuple(out)
+    @property
+    def noise_density(self) -> sp.Expr:
+        """s phi'/phi: the density that weights eps in the noise-prediction form."""
+        return sp.simplify(s * sp.diff(self.phi, s) / self.phi)
+
+    def noise_integrand_log(self, n: int) -> sp.Expr:
+        """Integrand of e_n in v = log(x/sigma) (dx = x dv, x - sigma = sigma expm1(v))."""
+        x_of_v = sigma * sp.exp(v)
+        return x_of_v * self.noise_density.subs(s, x_of_v) * (sigma * expm1(v)) ** n / sp.factorial(n)
+
+    def noise_form_variance_integrand_log(self) -> sp.Expr:
+        """h^2 dx in v = log(x/sigma): the variance of the noise-form step."""
+        x_of_v = sigma * sp.exp(v)
+        return (x_of_v * 2 * s * self.noise_fraction).subs(s, x_of_v)
+
+
+def series_coefficients(density: sp.Expr, n: int, terms: int, max_ops: int = 400) -> tuple[sp.Expr, ...]:
+    r"""Coefficients a_m(sigma) of the small-step series of int_{sigma-h}^{sigma} rho(x) (x - sigma)^n / n! dx
+
+    .. math:: \sum_m a_m h^{n+m+1},\qquad a_m = \frac{(-1)^{n+m}\,\rho^{(m)}(\sigma)}{n!\,m!\,(n+m+1)},
+
+    from expanding the density :math:`\rho` about :math:`\sigma` and integrating term by term. Stops early
+    (returns fewer terms) once a coefficient grows beyond ``max_ops`` operations: such a series is not worth
+    printing, and the caller falls back to quadrature.
+    """
+    out = []
+    derivative = density
+    for m in range(terms):
+        if m:
+            derivative = sp.diff(derivative, s)
+            if sp.count_ops(derivative) > max_ops:
+                break
+            derivative = sp.factor(derivative) if sp.count_ops(derivative) < 60 else derivative
+        coeff = (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
+        out.append(coeff)
+    return tuple(out)
+
+
+def closed_form_noise_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr | None:
+    """e_n in closed form, or None."""
+    antiderivative = _antiderivative(sp.expand(step.noise_density * (s - sigma) ** n / sp.factorial(n)), timeout)
+    if antiderivative is None:
+        return None
+    return sp.factor(antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next))
+
+
+def closed_form_noise_variance(step: ERSDEStep, timeout: float = 2.0) -> sp.Expr | None:
+    """w = int_{sigma_next}^{sigma} h^2 ds in closed form, or None."""
+    antiderivative = _antiderivative(sp.expand(2 * s * step.noise_fraction), timeout)
+    if antiderivative is None:
+        return None
+    return sp.factor(antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next))
 
 
 @functools.lru_cache(maxsize=256)
