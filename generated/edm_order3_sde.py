@@ -243,7 +243,7 @@ def _sigma(t):
     return t
 
 
-def _to_prediction(x, output, alpha, sigma, mu):
+def to_prediction(x, output, alpha, sigma, mu):
     """(data prediction, data prediction) from the model's data output."""
     return (
         output,
@@ -562,7 +562,7 @@ def sample_native(
 
     def predict(state, i):
         output = model(state, model_times[i], **extra_args)
-        return _to_prediction(state, output, a[i], g[i], 0.0)
+        return to_prediction(state, output, a[i], g[i], 0.0)
 
     def noise(i):
         if noise_sampler is not None:

@@ -119,7 +119,7 @@ def _sigma(t, theta, stationary_std):
     return stationary_std * torch.sqrt(1 - torch.exp(-2 * t * theta))
 
 
-def _to_prediction(x, output, alpha, sigma, mu):
+def to_prediction(x, output, alpha, sigma, mu):
     """(data prediction, noise prediction) from the model's noise output."""
     return (
         (alpha * mu - mu - output * sigma + x) / alpha,
@@ -406,7 +406,7 @@ def sample_native(
 
     def predict(state, i):
         output = model(state, model_times[i], **extra_args)
-        return _to_prediction(state, output, a[i], g[i], mu)
+        return to_prediction(state, output, a[i], g[i], mu)
 
     def noise(i):
         if noise_sampler is not None:

@@ -98,7 +98,7 @@ def _sigma(t, sigma_min, sigma_max):
     return sigma_min * (sigma_max / sigma_min) ** t
 
 
-def _to_prediction(x, output, alpha, sigma, mu):
+def to_prediction(x, output, alpha, sigma, mu):
     """(data prediction, noise prediction) from the model's noise output."""
     return (
         -(output * sigma - x) / alpha,
@@ -380,7 +380,7 @@ def sample_native(
 
     def predict(state, i):
         output = model(state, model_times[i], **extra_args)
-        return _to_prediction(state, output, a[i], g[i], 0.0)
+        return to_prediction(state, output, a[i], g[i], 0.0)
 
     def noise(i):
         if noise_sampler is not None:

@@ -114,7 +114,7 @@ def _sigma(t, beta_min, beta_max):
     return torch.sqrt(1 - torch.exp(-t * (beta_min + 0.5 * t * (beta_max - beta_min))))
 
 
-def _to_prediction(x, output, alpha, sigma, mu):
+def to_prediction(x, output, alpha, sigma, mu):
     """(data prediction, noise prediction) from the model's noise output."""
     return (
         -(output * sigma - x) / alpha,
@@ -398,7 +398,7 @@ def sample_native(
 
     def predict(state, i):
         output = model(state, model_times[i], **extra_args)
-        return _to_prediction(state, output, a[i], g[i], 0.0)
+        return to_prediction(state, output, a[i], g[i], 0.0)
 
     def noise(i):
         if noise_sampler is not None:

@@ -227,7 +227,7 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
     quantity = derivation.to_data[prediction] if spec.form == "data" else derivation.to_noise[prediction]
     routines.append(
         make_routine(
-            "_to_prediction",
+            "to_prediction",
             [fam_x, output_symbol, fam_alpha, fam_sigma, fam_mu],
             [derivation.to_data[prediction], quantity],
             f"(data prediction, {'data' if spec.form == 'data' else 'noise'} prediction) from the model's {prediction} output.",
