@@ -135,3 +135,56 @@ def interpolation_check(k: int) -> Check:
                 want = sp.factorial(p) if p == n else 0
                 _require(got == want, f"interpolation derivative D[{n}] (k={k})", f"x^{p} gives {got}, want {want}")
     return Check(f"interpolation k={k}", f"D_n is exact for x^p, p < {k}", "symbolic (exact rationals)", "0")
+
+
+@dataclasses.dataclass(frozen=True)
+class OrderConditions:
+    """Residuals of the update on monomials (x - s_i)^p, p = 0..K, relative to the exact integral."""
+
+    residuals: tuple[float, ...]
+    leading_constant: float
+
+    def holds(self, order: int, tolerance: float = 1e-40) -> bool:
+        below = all(abs(r) < tolerance for r in self.residuals[:order])
+        return below and abs(self.residuals[order]) > 1e-20
+
+
+def order_conditions(step: ERSDEStep, order: int, form: str, offsets: list, h: float, dps: int = 60) -> OrderConditions:
+    """Check that the K-step update integrates (x - s_i)^p exactly for p < K, and not for p = K, at ``dps`` digits.
+
+    ``offsets`` are s_{i-j} - s_i (j = 1..K-1) and h = s_i - s_{i+1}, all relative to s_i = 1. The update's
+    weights are sum_n c_n D_nj with D from :func:`derivative_weights` (exact rationals) and c_n from a
+    Gauss-Legendre rule at ``dps`` digits; the exact value is the integral of the monomial against the form's
+    density. Returns the relative residuals and the leading local error constant residual_K / h^(K+1).
+    """
+    from derive.coefficients import _mp_rule, weight_quantity
+
+    D = derivative_weights(order)
+    deltas = offset_symbols(order)
+    nodes, weights = _mp_rule(128, dps)
+    with mpmath.workdps(dps):
+        a = mpmath.mpf(1)
+        b = a - mpmath.mpf(h)
+        half = mpmath.log(a / b) / 2
+        v_nodes = [half * (x - 1) for x in nodes]
+        prefactor = sp.lambdify((sigma, sigma_next), weight_quantity(step, 0, form, closed=False).prefactor, "mpmath")(a, b)
+        density = step.weight_density_log if form == "data" else s * step.noise_density
+        dens = sp.lambdify(s, density, "mpmath")
+        values = [dens(a * mpmath.exp(vv)) for vv in v_nodes]
+
+        def integral(p: int):
+            # prefactor * int (x - 1)^p rho(x) dx over [b, a], in v = log x (dx = x dv is inside `density`)
+            return prefactor * half * mpmath.fsum(w * f * (mpmath.expm1(vv)) ** p for w, f, vv in zip(weights, values, v_nodes))
+
+        c = [integral(n) / mpmath.factorial(n) for n in range(order)]
+        subs = {d: sp.Float(o, dps) for d, o in zip(deltas, offsets)}
+        matrix = [[mpmath.mpf(str(sp.N(D[n][j].subs(subs), dps))) for j in range(order)] for n in range(order)]
+        w = [mpmath.fsum(c[n] * matrix[n][j] for n in range(order)) for j in range(order)]
+        points = [mpmath.mpf(0)] + [mpmath.mpf(o) for o in offsets]
+        residuals = []
+        for p in range(order + 1):
+            exact = integral(p)
+            got = mpmath.fsum(w[j] * points[j] ** p for j in range(order))
+            residuals.append(float((got - exact) / abs(exact)) if exact != 0 else float(got))
+        leading = float((mpmath.fsum(w[j] * points[j] ** order for j in range(order)) - integral(order)) / mpmath.mpf(h) ** (order + 1))
+    return OrderConditions(tuple(residuals), leading)

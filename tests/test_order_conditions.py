@@ -1,0 +1,33 @@
+"""Order conditions of every checked-in module's update, at 60 digits (exact derivative weights, mpmath weights)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from derive.checks import order_conditions
+from derive.symbolic.ersde import derive_step
+from derive.symbolic.expression import parse_expression
+
+from .conftest import manifest
+
+NAMES = sorted(manifest())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_update_is_exact_below_its_order_and_not_at_it(name):
+    entry = manifest()[name]
+    order = entry["order"]
+    form = "noise" if entry.get("prediction") == "noise" else "data"
+    step = derive_step(parse_expression(entry["phi"]))
+    rng = random.Random(name)
+    for _ in range(2):
+        h = rng.uniform(0.02, 0.3)
+        offsets, last = [], 0.0
+        for _ in range(order - 1):
+            last += h * rng.uniform(0.05, 20) ** 0.5  # step ratios between ~0.2 and ~4.5 relative to h
+            offsets.append(last)
+        result = order_conditions(step, order, form, offsets, h)
+        assert result.holds(order), (name, result.residuals)
+        assert abs(result.leading_constant) > 0
