@@ -149,10 +149,13 @@ class OrderConditions:
         return below and abs(self.residuals[order]) > 1e-20
 
 
-def order_conditions(step: ERSDEStep, order: int, form: str, offsets: list, h: float, dps: int = 60) -> OrderConditions:
+def order_conditions(
+    step: ERSDEStep, order: int, form: str, offsets: list, h: float, dps: int = 60, variable: str = "s"
+) -> OrderConditions:
     """Check that the K-step update integrates (x - s_i)^p exactly for p < K, and not for p = K, at ``dps`` digits.
 
-    ``offsets`` are s_{i-j} - s_i (j = 1..K-1) and h = s_i - s_{i+1}, all relative to s_i = 1. The update's
+    ``offsets`` are u_{i-j} - u_i (j = 1..K-1) in the expansion variable u (s, or lambda = -log s) and
+    h = s_i - s_{i+1}, all relative to s_i = 1; the monomials are (u - u_i)^p. The update's
     weights are sum_n c_n D_nj with D from :func:`derivative_weights` (exact rationals) and c_n from a
     Gauss-Legendre rule at ``dps`` digits; the exact value is the integral of the monomial against the form's
     density. Returns the relative residuals and the leading local error constant residual_K / h^(K+1).
@@ -174,7 +177,8 @@ def order_conditions(step: ERSDEStep, order: int, form: str, offsets: list, h: f
 
         def integral(p: int):
             # prefactor * int (x - 1)^p rho(x) dx over [b, a], in v = log x (dx = x dv is inside `density`)
-            return prefactor * half * mpmath.fsum(w * f * (mpmath.expm1(vv)) ** p for w, f, vv in zip(weights, values, v_nodes))
+            terms = (w * f * (mpmath.expm1(vv) if variable == "s" else -vv) ** p for w, f, vv in zip(weights, values, v_nodes))
+            return prefactor * half * mpmath.fsum(terms)
 
         c = [integral(n) / mpmath.factorial(n) for n in range(order)]
         subs = {d: sp.Float(o, dps) for d, o in zip(deltas, offsets)}

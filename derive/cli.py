@@ -12,7 +12,7 @@ import sys
 import click
 
 from derive.errors import DeriveError, DriftError
-from derive.spec import CATALOGUE, DYNAMICS, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, PREDICTIONS, Spec
+from derive.spec import CATALOGUE, DYNAMICS, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, PREDICTIONS, VARIABLES, Spec
 
 
 def _fail(error: DeriveError) -> None:
@@ -51,12 +51,13 @@ def main() -> None:
 @click.option("--method", type=click.Choice(METHODS), default="taylor", show_default=True, help="Expansion method.")
 @click.option("--dynamics", type=click.Choice(DYNAMICS), default=None, help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only.")
 @click.option("--prediction", type=click.Choice(PREDICTIONS), default=None, help="What the model predicts; selects the update form (default: the family's usual one).")
+@click.option("--variable", type=click.Choice(VARIABLES), default="s", show_default=True, help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma).")
 @click.option("--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde).")
 @click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("generated"), show_default=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Overwrite files that were edited by hand.")
-def gen(family, order, phi, method, dynamics, prediction, schedule, all_, check, out, force) -> None:
+def gen(family, order, phi, method, dynamics, prediction, variable, schedule, all_, check, out, force) -> None:
     """Derive and emit solver modules (prints the paths written)."""
     from derive.emit.render import render
     from derive.emit.write import diff_modules, module_path, write_modules
@@ -69,7 +70,16 @@ def gen(family, order, phi, method, dynamics, prediction, schedule, all_, check,
         if family != "ersde" and dynamics is None:
             dynamics = "er" if phi != "default" else "ode"
         specs = [
-            Spec(family=family, order=order, phi=phi, method=method, dynamics=dynamics, prediction=prediction, schedule=schedule)
+            Spec(
+                family=family,
+                order=order,
+                phi=phi,
+                method=method,
+                dynamics=dynamics,
+                prediction=prediction,
+                schedule=schedule,
+                variable=variable,
+            )
         ]
     rendered = {spec: render(spec) for spec in specs}
     if check:

@@ -97,15 +97,21 @@ class CoefficientPlan:
         return any(q.kind == "quadrature" for q in self.quantities)
 
 
-def weight_quantity(step: ERSDEStep, n: int, form: str = "data", closed: bool = True) -> Quantity:
-    """c_n (data form: x0 weights) or e_n (noise form: eps weights)."""
+def weight_quantity(step: ERSDEStep, n: int, form: str = "data", closed: bool = True, variable: str = "s") -> Quantity:
+    """c_n (data form: x0 weights) or e_n (noise form: eps weights), expanded in ``variable``.
+
+    Closed forms and their small-step series are derived for the expansion in s. In lambda (n >= 1) only the
+    quadrature is used: its closed forms (phi_k-type functions of the log step) cancel for short steps, and
+    the log-space rule is accurate at every step length.
+    """
+    use_closed = closed and (variable == "s" or n == 0)
     if form == "data":
         return Quantity(
             name=f"c{n}",
             label=f"c_{n}",
             prefactor=step.phi.subs(s, sigma_next),
-            integrand=step.weight_integrand_log(n),
-            closed=closed_form_weight(step, n) if closed else None,
+            integrand=step.weight_integrand_log(n, variable),
+            closed=closed_form_weight(step, n) if use_closed else None,
             series_power=n + 1,
             density=step.weight_density,
         )
@@ -113,8 +119,8 @@ def weight_quantity(step: ERSDEStep, n: int, form: str = "data", closed: bool = 
         name=f"e{n}",
         label=f"e_{n}",
         prefactor=sp.Integer(1),
-        integrand=step.noise_integrand_log(n),
-        closed=closed_form_noise_weight(step, n) if closed else None,
+        integrand=step.noise_integrand_log(n, variable),
+        closed=closed_form_noise_weight(step, n) if use_closed else None,
         series_power=n + 1,
         density=step.noise_density,
     )
@@ -140,11 +146,11 @@ def variance_quantity(step: ERSDEStep, form: str = "data") -> Quantity:
     )
 
 
-def plan_coefficients(step: ERSDEStep, order: int, form: str = "data") -> CoefficientPlan:
+def plan_coefficients(step: ERSDEStep, order: int, form: str = "data", variable: str = "s") -> CoefficientPlan:
     weights = []
     closed_available = True
     for n in range(order):
-        quantity = weight_quantity(step, n, form, closed=closed_available or n == 0)
+        quantity = weight_quantity(step, n, form, closed=closed_available or n == 0, variable=variable)
         if form == "data" and n == 1 and quantity.closed is None:
             # (x - s)^(n-1)/phi contains 1/phi: without an antiderivative of 1/phi there is none for n > 1
             closed_available = False
@@ -157,8 +163,8 @@ def plan_coefficients(step: ERSDEStep, order: int, form: str = "data") -> Coeffi
     return CoefficientPlan(step, order, tuple(weights), variance, nodes, error)
 
 
-def weight_quantity_quadrature_only(step: ERSDEStep, n: int, form: str = "data") -> Quantity:
-    return weight_quantity(step, n, form, closed=False)
+def weight_quantity_quadrature_only(step: ERSDEStep, n: int, form: str = "data", variable: str = "s") -> Quantity:
+    return weight_quantity(step, n, form, closed=False, variable=variable)
 
 
 def _is_zero(q: Quantity) -> bool:
@@ -192,9 +198,9 @@ def mp_quantity(q: Quantity, a: float, b: float) -> mpmath.mpf:
         return pre(A, B) * half * total
 
 
-def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float, form: str = "data") -> mpmath.mpf:
+def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float, form: str = "data", variable: str = "s") -> mpmath.mpf:
     """c_n (or e_n) by :func:`mp_quantity` (an independent reference for tests and checks)."""
-    return mp_quantity(weight_quantity_quadrature_only(step, n, form), a, b)
+    return mp_quantity(weight_quantity_quadrature_only(step, n, form, variable), a, b)
 
 
 def mp_noise_variance(step: ERSDEStep, a: float, b: float, form: str = "data") -> mpmath.mpf:

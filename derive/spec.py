@@ -17,6 +17,7 @@ METHODS = ("taylor",)
 DYNAMICS = ("ode", "sde", "er")
 PREDICTIONS = ("data", "noise", "velocity")
 MAX_ORDER = 8
+VARIABLES = ("s", "lambda")
 
 #: Named noise-scale functions. ``default`` is the ER-SDE-Solver paper's recommended choice.
 PHI_PRESETS = PRESETS
@@ -41,6 +42,8 @@ class Spec:
     dynamics: str | None = None
     prediction: str | None = None
     schedule: str | None = None
+    #: the expansion variable: "s" (= sigma/alpha, ER-SDE-Solver) or "lambda" (= log(alpha/sigma), DPM-Solver)
+    variable: str = "s"
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -53,6 +56,8 @@ class Spec:
             raise SpecError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if not isinstance(self.phi, str) or not self.phi.strip():
             raise SpecError("phi must be a preset name or an expression in s")
+        if self.variable not in VARIABLES:
+            raise SpecError(f"unknown expansion variable {self.variable!r}; choose one of: {', '.join(VARIABLES)}")
         if self.dynamics is not None and self.dynamics not in DYNAMICS:
             raise SpecError(f"unknown dynamics {self.dynamics!r}; choose one of: {', '.join(DYNAMICS)}")
         if self.prediction is not None and self.prediction not in PREDICTIONS:
@@ -141,6 +146,8 @@ class Spec:
                 parts.append(self.resolved_prediction)
             if self.resolved_schedule != family.schedules[0].name:
                 parts.append(self.resolved_schedule)
+        if self.variable != "s":
+            parts.append(self.variable)
         if self.method != "taylor":
             parts.append(self.method)
         return "_".join(parts)
@@ -152,6 +159,8 @@ class Spec:
         if self.family != "ersde":
             out["dynamics"] = self.dynamics
             out["schedule"] = self.resolved_schedule
+        if self.variable != "s":
+            out["variable"] = self.variable
         return out
 
     @property
@@ -175,5 +184,8 @@ CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "default") for k in (1, 2, 3, 4)),
     *(Spec("ersde", k, "ode") for k in (1, 2, 3)),
     *(Spec("ersde", k, "sde") for k in (1, 2, 3)),
+    # higher orders, and the expansion in lambda (DPM-Solver's variable) next to s
+    *(Spec("ersde", k, "ode") for k in (4, 5, 6)),
+    *(Spec("ersde", k, "ode", variable="lambda") for k in (2, 3, 4)),
     *_family_catalogue(),
 )

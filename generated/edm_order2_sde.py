@@ -12,14 +12,15 @@ s = sigma / alpha, with noise-scale function
 
     phi(s) = s**2
 
-except that the data prediction x0 is replaced by its Taylor polynomial of degree K - 1 = 1 around s_i:
+except that the data prediction x0 is replaced by its Taylor polynomial of degree K - 1 = 1
+in u = s around u_i:
 
     y_{i+1} = r_i y_i + sum_{n<K} c_n D_n + sqrt(v_i) z_i,  z_i ~ N(0, I)
 
     r_i = s_{i+1}**2/s_i**2
     v_i = s_{i+1}**2*(s_i - s_{i+1})*(s_i + s_{i+1})/s_i**2
-    c_n = phi(s_{i+1}) int_{s_{i+1}}^{s_i} phi'(s)/phi(s)^2 (s - s_i)^n / n! ds
-    D_n = n-th derivative at s_i of the polynomial interpolating the last K data predictions
+    c_n = phi(s_{i+1}) int_{s_{i+1}}^{s_i} phi'(s)/phi(s)^2 (u(s) - u_i)^n / n! ds
+    D_n = n-th derivative in u at u_i of the polynomial interpolating the last K data predictions
 
 (the derivatives are exact for polynomials of degree < K, so the method has order K). Summing the
 derivatives' Lagrange weights gives one fixed linear combination per step,
@@ -125,6 +126,11 @@ def _c1_series(sigma, sigma_next, h):
 def _noise_variance_closed(sigma, sigma_next):
     """v in closed form."""
     return sigma_next**2 * (sigma - sigma_next) * (sigma + sigma_next) / sigma**2
+
+
+def _node_offset(sigma, sigma_next):
+    """u(sigma_next) - u(sigma) in the expansion variable u = s."""
+    return -sigma + sigma_next
 
 
 def _derivative_weights_1():
@@ -241,7 +247,7 @@ def coefficient_table(sigmas):
             weights.append((1.0,))
             finals.append(True)
             continue
-        offsets = [values[i - j] - values[i] for j in range(1, k)]
+        offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
         rows = _DERIVATIVE_WEIGHTS[k](*offsets)
         w = [WEIGHT_SIGN * sum(float(taylor[n][i]) * rows[n][j] for n in range(k)) for j in range(k)]
         ratios.append(float(ratio[i]))

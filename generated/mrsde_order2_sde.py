@@ -12,13 +12,14 @@ s = sigma / alpha, with noise-scale function
 
     phi(s) = s**2
 
-except that the noise prediction eps is replaced by its Taylor polynomial of degree K - 1 = 1 around s_i:
+except that the noise prediction eps is replaced by its Taylor polynomial of degree K - 1 = 1
+in u = s around u_i:
 
     y_{i+1} = y_i - sum_{n<K} e_n E_n + sqrt(w_i) z_i,  z_i ~ N(0, I)
 
-    e_n = int_{s_{i+1}}^{s_i} (s phi'(s)/phi(s)) (s - s_i)^n / n! ds
+    e_n = int_{s_{i+1}}^{s_i} (s phi'(s)/phi(s)) (u(s) - u_i)^n / n! ds
     w_i = int_{s_{i+1}}^{s_i} h(s)^2 ds,  h^2 = 2 s (s phi'/phi - 1)
-    E_n = n-th derivative at s_i of the polynomial interpolating the last K noise predictions
+    E_n = n-th derivative in u at u_i of the polynomial interpolating the last K noise predictions
           (eps = (y - x0) / s; the noise-prediction form, as in DPM-Solver)
 
 (the derivatives are exact for polynomials of degree < K, so the method has order K). Summing the
@@ -87,6 +88,11 @@ def _e1_closed(sigma, sigma_next):
 def _noise_variance_closed(sigma, sigma_next):
     """w in closed form."""
     return (sigma - sigma_next) * (sigma + sigma_next)
+
+
+def _node_offset(sigma, sigma_next):
+    """u(sigma_next) - u(sigma) in the expansion variable u = s."""
+    return -sigma + sigma_next
 
 
 def _derivative_weights_1():
@@ -195,7 +201,7 @@ def coefficient_table(sigmas):
             weights.append((1.0,))
             finals.append(True)
             continue
-        offsets = [values[i - j] - values[i] for j in range(1, k)]
+        offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
         rows = _DERIVATIVE_WEIGHTS[k](*offsets)
         w = [WEIGHT_SIGN * sum(float(taylor[n][i]) * rows[n][j] for n in range(k)) for j in range(k)]
         ratios.append(float(ratio[i]))

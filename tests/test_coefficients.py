@@ -29,6 +29,10 @@ def _step(name):
     return STEPS[name]
 
 
+def _variable(name):
+    return manifest()[name].get("variable", "s")
+
+
 sigmas = st.floats(min_value=-4, max_value=4).map(lambda e: 10.0**e)
 relative_steps = st.floats(min_value=-10, max_value=math.log10(0.9999)).map(lambda e: 10.0**e)
 
@@ -45,7 +49,7 @@ def test_taylor_weights_match_mpmath(name, sigma, t):
     values = module.taylor_weights(torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))
     step = _step(name)
     for n, value in enumerate(values):
-        exact = _mp_quad_weight(step, n, sigma, sigma_next, module.FORM)
+        exact = _mp_quad_weight(step, n, sigma, sigma_next, module.FORM, _variable(name))
         assert abs(float(value[0]) - exact) <= TOLERANCE * abs(exact), (n, sigma, sigma_next)
     variance = float(module.noise_variance(torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))[0])
     exact = mp_noise_variance(step, sigma, sigma_next, module.FORM)
@@ -57,7 +61,7 @@ def test_taylor_weights_match_mpmath(name, sigma, t):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if manifest()[n]["order"] >= 2])
 @settings(max_examples=20, deadline=None)
-@given(sigma=sigmas, t=st.floats(min_value=1e-6, max_value=0.95), ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=3, max_size=3))
+@given(sigma=sigmas, t=st.floats(min_value=1e-6, max_value=0.95), ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=7, max_size=7))
 def test_combined_weights_match_mpmath(name, sigma, t, ratios):
     """Step weights w_j = sum_n c_n D_nj on non-uniform histories (step ratios 0.05-20) vs mpmath."""
     module = load_module(name)
@@ -76,9 +80,12 @@ def test_combined_weights_match_mpmath(name, sigma, t, ratios):
     step = _step(name)
     D = derivative_weights(k)
     with mpmath.workdps(34):
-        offsets = [mpmath.mpf(history[-1 - j]) - mpmath.mpf(sigma) for j in range(1, k)]
+        if _variable(name) == "lambda":
+            offsets = [-mpmath.log(mpmath.mpf(history[-1 - j]) / mpmath.mpf(sigma)) for j in range(1, k)]
+        else:
+            offsets = [mpmath.mpf(history[-1 - j]) - mpmath.mpf(sigma) for j in range(1, k)]
         subs = dict(zip(offset_symbols(k), offsets))
-        c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma - h, module.FORM) for n in range(k)]
+        c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma - h, module.FORM, _variable(name)) for n in range(k)]
         for j in range(k):
             exact = mpmath.fsum(c[n] * sp.lambdify(offset_symbols(k), D[n][j], "mpmath")(*offsets) for n in range(k))
             scale = max(abs(exact), abs(c[0]))

@@ -17,7 +17,7 @@ from derive.emit.printer import Polyval, Routine, make_routine
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
-from derive.symbolic.ersde import ERSDEStep, derive_step, h, s, sigma, sigma_next, v
+from derive.symbolic.ersde import ERSDEStep, derive_step, h, node_offset, s, sigma, sigma_next, v
 from derive.symbolic.expression import parse_expression
 from derive.symbolic.families import FAMILIES, derive_family, family_update, pure_noise_limits
 from derive.symbolic.families import alpha as fam_alpha
@@ -63,8 +63,10 @@ def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     check_phi(phi, s)
     step = derive_step(phi)
     generic_checks()
-    plan = plan_coefficients(step, spec.order, spec.form)
-    closed = {int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data"}
+    plan = plan_coefficients(step, spec.order, spec.form, spec.variable)
+    closed = {
+        int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data" and spec.variable == "s"
+    }
     step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
     for k in range(1, spec.order + 1):
         interpolation_check(k)
@@ -115,6 +117,14 @@ def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
         weight_calls.append(call)
     extra, variance_call = _quantity_routines(plan.noise_variance)
     routines.extend(extra)
+    routines.append(
+        make_routine(
+            "_node_offset",
+            [sigma, sigma_next],
+            [node_offset(spec.variable)],
+            f"u(sigma_next) - u(sigma) in the expansion variable u = {'s' if spec.variable == 's' else 'lambda = -log s'}.",
+        )
+    )
     derivative_routines = []
     for k in range(1, spec.order + 1):
         D = derivative_weights(k)
@@ -177,6 +187,8 @@ def render(spec: Spec) -> str:
         "ratio_text": sp.sstr(step.ratio).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i"),
         "variance_text": sp.sstr(step.noise_variance).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i"),
         "evaluation_notes": _evaluation_notes(plan),
+        "variable": spec.variable,
+        "variable_text": "s" if spec.variable == "s" else "lambda = log(alpha/sigma) = -log s",
         "quadrature_nodes": plan.quadrature_nodes if plan.uses_quadrature else 0,
         "quadrature_x": [repr(x) for x in xs],
         "quadrature_w": [repr(w) for w in ws],
@@ -302,6 +314,8 @@ def command_args(spec: Spec) -> str:
         args.append(f"--prediction {spec.prediction}")
     if spec.schedule is not None:
         args.append(f"--schedule {spec.schedule}")
+    if spec.variable != "s":
+        args.append(f"--variable {spec.variable}")
     if spec.method != "taylor":
         args.append(f"--method {spec.method}")
     return " ".join(args)

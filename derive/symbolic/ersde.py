@@ -20,7 +20,7 @@ import dataclasses
 import functools
 
 import sympy as sp
-from sympy.codegen.cfunctions import expm1
+from sympy.codegen.cfunctions import expm1, log1p
 
 #: The expansion variable. Positive, so that SymPy simplifies powers and logs of it.
 s = sp.Symbol("s", positive=True)
@@ -63,13 +63,14 @@ class ERSDEStep:
         """The integrand of c_n (without the phi(sigma_next) factor), a function of s."""
         return self.weight_density * (s - sigma) ** n / sp.factorial(n)
 
-    def weight_integrand_log(self, n: int) -> sp.Expr:
+    def weight_integrand_log(self, n: int, variable: str = "s") -> sp.Expr:
         """The integrand of c_n in v = log(s/sigma), as a function of sigma and v.
 
         With s = sigma e^v, ds = s dv and s - sigma = sigma expm1(v): written this way the factor (s - sigma)^n
-        is computed without cancellation even for tiny steps.
+        is computed without cancellation even for tiny steps. In the variable lambda = -log s the expansion
+        factor is (lambda - lambda_i)^n = (-v)^n.
         """
-        return self.weight_density_log.subs(s, sigma * sp.exp(v)) * (sigma * expm1(v)) ** n / sp.factorial(n)
+        return self.weight_density_log.subs(s, sigma * sp.exp(v)) * expansion_factor(n, variable)
 
     def weight_series_coefficients(self, n: int, terms: int, max_ops: int = 400) -> tuple[sp.Expr, ...]:
         """Small-step series of the data-form weight c_n (see :func:`series_coefficients`)."""
@@ -85,15 +86,36 @@ class ERSDEStep:
         """s phi'/phi: the density that weights eps in the noise-prediction form."""
         return sp.simplify(s * sp.diff(self.phi, s) / self.phi)
 
-    def noise_integrand_log(self, n: int) -> sp.Expr:
+    def noise_integrand_log(self, n: int, variable: str = "s") -> sp.Expr:
         """Integrand of e_n in v = log(x/sigma) (dx = x dv, x - sigma = sigma expm1(v))."""
         x_of_v = sigma * sp.exp(v)
-        return x_of_v * self.noise_density.subs(s, x_of_v) * (sigma * expm1(v)) ** n / sp.factorial(n)
+        return x_of_v * self.noise_density.subs(s, x_of_v) * expansion_factor(n, variable)
 
     def noise_form_variance_integrand_log(self) -> sp.Expr:
         """h^2 dx in v = log(x/sigma): the variance of the noise-form step."""
         x_of_v = sigma * sp.exp(v)
         return (x_of_v * 2 * s * self.noise_fraction).subs(s, x_of_v)
+
+
+#: expansion variables: s = sigma/alpha (ER-SDE-Solver) or lambda = -log s = log(alpha/sigma) (DPM-Solver)
+VARIABLES = ("s", "lambda")
+
+
+def expansion_factor(n: int, variable: str) -> sp.Expr:
+    """(u - u_i)^n / n! at x = sigma e^v, for the expansion variable u."""
+    if variable == "s":
+        return (sigma * expm1(v)) ** n / sp.factorial(n)
+    if variable == "lambda":
+        return (-v) ** n / sp.factorial(n)
+    raise ValueError(f"unknown expansion variable {variable!r}")
+
+
+def node_offset(variable: str) -> sp.Expr:
+    """u(sigma_next) - u(sigma): the offset of an interpolation node in the expansion variable."""
+    if variable == "s":
+        return sigma_next - sigma
+    # -log(sigma_next/sigma) as -log1p of the exact difference: no cancellation for nearby nodes
+    return -log1p((sigma_next - sigma) / sigma)
 
 
 def series_coefficients(density: sp.Expr, n: int, terms: int, max_ops: int = 400) -> tuple[sp.Expr, ...]:
