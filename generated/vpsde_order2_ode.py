@@ -345,8 +345,8 @@ def family_table(alpha, sigma):
             torch.tensor(a[1], dtype=torch.float64),
             torch.tensor(g[1], dtype=torch.float64),
         )
-        head_a, head_c, head_var = (float(v) for v in step)
-        rows = [(head_a, (head_c,), math.sqrt(max(head_var, 0.0)), 1.0 - head_a - head_c, g[1] == 0)]
+        A, B, C, M = (float(v) for v in step)
+        rows = [(A, (B,), C, M, g[1] == 0)]
     else:
         rows = []
     for i in range(len(ratios)):
