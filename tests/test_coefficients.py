@@ -38,7 +38,7 @@ relative_steps = st.floats(min_value=-10, max_value=math.log10(0.9999)).map(lamb
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sigma=sigmas, t=relative_steps)
 def test_taylor_weights_match_mpmath(name, sigma, t):
     """Every c_n to 1e-14 relative for sigma in [1e-4, 1e4] and h/sigma in [1e-10, 1 - 1e-4]."""
@@ -60,7 +60,7 @@ def test_taylor_weights_match_mpmath(name, sigma, t):
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if manifest()[n]["order"] >= 2])
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(sigma=sigmas, t=st.floats(min_value=1e-6, max_value=0.95), ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=7, max_size=7))
 def test_combined_weights_match_mpmath(name, sigma, t, ratios):
     """Step weights w_j = sum_n c_n D_nj on non-uniform histories (step ratios 0.05-20) vs mpmath."""
