@@ -188,4 +188,7 @@ CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "ode") for k in (4, 5, 6)),
     *(Spec("ersde", k, "ode", variable="lambda") for k in (2, 3, 4)),
     *_family_catalogue(),
+    # discrete training tables: DDPM alphas_cumprod, IR-SDE theta_bar
+    Spec("vpsde", 2, dynamics="ode", schedule="discrete"),
+    Spec("mrsde", 2, dynamics="sde", schedule="discrete"),
 )
