@@ -51,6 +51,8 @@ FORM = "data"
 WEIGHT_SIGN = 1.0
 SPEC = {"family": "ersde", "method": "taylor", "order": 2, "phi": "s", "variable": "lambda"}
 SPEC_HASH = "f0d605e2d3be6cca"
+#: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
+NOISE_SCALE_LIMIT = 1.0
 
 # 16-point Gauss-Legendre rule on [-1, 1] (nodes, weights).
 QUADRATURE_NODES = (
@@ -187,7 +189,7 @@ def coefficient_table(sigmas):
     marks a step to sigma = 0, which returns the data prediction. Lists of Python floats, so that the
     sampling loop does no tensor arithmetic on them.
     """
-    s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    s = _float64(sigmas)
     _check_sigmas(s)
     sigma, sigma_next = s[:-1], s[1:]
     final = sigma_next == 0
@@ -220,6 +222,13 @@ _DERIVATIVE_WEIGHTS = {
     1: _derivative_weights_1,
     2: _derivative_weights_2,
 }
+
+
+def _float64(values):
+    """A flat float64 CPU copy (Python lists are read as float64, not torch's default float32)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    return torch.tensor(values, dtype=torch.float64).reshape(-1)
 
 
 def _check_sigmas(s):
@@ -299,7 +308,7 @@ def sample(
     extra_args = {} if extra_args is None else extra_args
     ratios, stds, weights, finals = coefficient_table(sigmas)
     s_in = x.new_ones([x.shape[0]])
-    values = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1).tolist()
+    values = _float64(sigmas).tolist()
 
     def predict(y, i):
         denoised = model(y, sigmas[i] * s_in, **extra_args)

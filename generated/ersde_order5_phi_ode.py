@@ -54,6 +54,8 @@ FORM = "data"
 WEIGHT_SIGN = 1.0
 SPEC = {"family": "ersde", "method": "taylor", "order": 5, "phi": "s"}
 SPEC_HASH = "db9a951844bf1d04"
+#: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
+NOISE_SCALE_LIMIT = 1.0
 
 # 20-point Gauss-Legendre rule on [-1, 1] (nodes, weights).
 QUADRATURE_NODES = (
@@ -385,7 +387,7 @@ def coefficient_table(sigmas):
     marks a step to sigma = 0, which returns the data prediction. Lists of Python floats, so that the
     sampling loop does no tensor arithmetic on them.
     """
-    s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    s = _float64(sigmas)
     _check_sigmas(s)
     sigma, sigma_next = s[:-1], s[1:]
     final = sigma_next == 0
@@ -421,6 +423,13 @@ _DERIVATIVE_WEIGHTS = {
     4: _derivative_weights_4,
     5: _derivative_weights_5,
 }
+
+
+def _float64(values):
+    """A flat float64 CPU copy (Python lists are read as float64, not torch's default float32)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    return torch.tensor(values, dtype=torch.float64).reshape(-1)
 
 
 def _check_sigmas(s):
@@ -500,7 +509,7 @@ def sample(
     extra_args = {} if extra_args is None else extra_args
     ratios, stds, weights, finals = coefficient_table(sigmas)
     s_in = x.new_ones([x.shape[0]])
-    values = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1).tolist()
+    values = _float64(sigmas).tolist()
 
     def predict(y, i):
         denoised = model(y, sigmas[i] * s_in, **extra_args)

@@ -63,6 +63,8 @@ SPEC = {
     "schedule": "constant",
 }
 SPEC_HASH = "41a39e0dcac198b9"
+#: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
+NOISE_SCALE_LIMIT = 0.0
 
 
 def noise_scale_fn(s):
@@ -182,7 +184,7 @@ def coefficient_table(sigmas):
     marks a step to sigma = 0, which returns the data prediction. Lists of Python floats, so that the
     sampling loop does no tensor arithmetic on them.
     """
-    s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    s = _float64(sigmas)
     _check_sigmas(s)
     sigma, sigma_next = s[:-1], s[1:]
     final = sigma_next == 0
@@ -215,6 +217,13 @@ _DERIVATIVE_WEIGHTS = {
     1: _derivative_weights_1,
     2: _derivative_weights_2,
 }
+
+
+def _float64(values):
+    """A flat float64 CPU copy (Python lists are read as float64, not torch's default float32)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    return torch.tensor(values, dtype=torch.float64).reshape(-1)
 
 
 def _check_sigmas(s):
@@ -294,7 +303,7 @@ def sample(
     extra_args = {} if extra_args is None else extra_args
     ratios, stds, weights, finals = coefficient_table(sigmas)
     s_in = x.new_ones([x.shape[0]])
-    values = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1).tolist()
+    values = _float64(sigmas).tolist()
 
     def predict(y, i):
         denoised = model(y, sigmas[i] * s_in, **extra_args)
@@ -320,13 +329,15 @@ def sample(
 SCHEDULE = "constant"
 #: theta_t = theta (constant), alpha = exp(-theta t), sigma = lambda sqrt(1 - alpha^2)
 SCHEDULE_PARAMETERS = {"theta": 1.0, "stationary_std": 1.0}
-#: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
-NOISE_SCALE_LIMIT = 0.0
 
 
 def schedule(t, *, theta=1.0, stationary_std=1.0):
     """alpha(t) and sigma(t) as float64 tensors."""
-    t = torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64)
+    t = (
+        t.detach().to(device="cpu", dtype=torch.float64)
+        if isinstance(t, torch.Tensor)
+        else torch.tensor(t, dtype=torch.float64)
+    )
     return _alpha(t, theta, stationary_std), _sigma(t, theta, stationary_std)
 
 
@@ -393,7 +404,7 @@ def sample_native(
     t, sigma, denoised.
     """
     extra_args = {} if extra_args is None else extra_args
-    times = torch.as_tensor(timesteps).detach().to(device="cpu")
+    times = _float64(timesteps)
     alpha, sigma = schedule(times, theta=theta, stationary_std=stationary_std)
     if final_to_zero:
         alpha = torch.cat([alpha, alpha.new_ones(1)])

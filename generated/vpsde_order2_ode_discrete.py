@@ -63,6 +63,8 @@ SPEC = {
     "schedule": "discrete",
 }
 SPEC_HASH = "57a9c80408257f4e"
+#: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
+NOISE_SCALE_LIMIT = 1.0
 
 
 def noise_scale_fn(s):
@@ -175,7 +177,7 @@ def coefficient_table(sigmas):
     marks a step to sigma = 0, which returns the data prediction. Lists of Python floats, so that the
     sampling loop does no tensor arithmetic on them.
     """
-    s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    s = _float64(sigmas)
     _check_sigmas(s)
     sigma, sigma_next = s[:-1], s[1:]
     final = sigma_next == 0
@@ -208,6 +210,13 @@ _DERIVATIVE_WEIGHTS = {
     1: _derivative_weights_1,
     2: _derivative_weights_2,
 }
+
+
+def _float64(values):
+    """A flat float64 CPU copy (Python lists are read as float64, not torch's default float32)."""
+    if isinstance(values, torch.Tensor):
+        return values.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    return torch.tensor(values, dtype=torch.float64).reshape(-1)
 
 
 def _check_sigmas(s):
@@ -287,7 +296,7 @@ def sample(
     extra_args = {} if extra_args is None else extra_args
     ratios, stds, weights, finals = coefficient_table(sigmas)
     s_in = x.new_ones([x.shape[0]])
-    values = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1).tolist()
+    values = _float64(sigmas).tolist()
 
     def predict(y, i):
         denoised = model(y, sigmas[i] * s_in, **extra_args)
@@ -313,14 +322,12 @@ def sample(
 SCHEDULE = "discrete"
 #: a table alphas_cumprod[t] (DDPM 'linear' / 'scaled_linear' betas); alpha_t = sqrt(alphas_cumprod[t])
 SCHEDULE_PARAMETERS = {}
-#: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
-NOISE_SCALE_LIMIT = 1.0
 
 
 def schedule(t, *, alphas_cumprod):
     """alpha(t) and sigma(t) as float64 tensors (t: integer indices into the table)."""
     index = torch.as_tensor(t).detach().to(device="cpu").long()
-    value = torch.as_tensor(alphas_cumprod).detach().to(device="cpu", dtype=torch.float64)[index]
+    value = _float64(alphas_cumprod)[index]
     return _alpha(value), _sigma(value)
 
 
@@ -385,7 +392,7 @@ def sample_native(
     t, sigma, denoised.
     """
     extra_args = {} if extra_args is None else extra_args
-    times = torch.as_tensor(timesteps).detach().to(device="cpu")
+    times = torch.as_tensor(timesteps).detach().to(device="cpu").long()
     alpha, sigma = schedule(times, alphas_cumprod=alphas_cumprod)
     if final_to_zero:
         alpha = torch.cat([alpha, alpha.new_ones(1)])

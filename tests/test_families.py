@@ -38,8 +38,10 @@ from .conftest import load_module, manifest
 MANIFEST = manifest()
 FAMILIES = ("vpsde", "vesde", "edm", "flow", "mrsde")
 ODE_MODULES = sorted(
-    n for n, e in MANIFEST.items() if e.get("family") in FAMILIES and e.get("dynamics") == "ode"
-)
+    n
+    for n, e in MANIFEST.items()
+    if e.get("family") in FAMILIES and e.get("dynamics") == "ode" and e.get("schedule") != "discrete"
+)  # discrete tables are covered by the DDPM-table tests below
 F64 = torch.float64
 
 #: data N(M_DATA, V_DATA) per coordinate (d = 3); one narrow coordinate makes the flow bend at small s

@@ -187,6 +187,7 @@ def render(spec: Spec) -> str:
         "ratio_text": sp.sstr(step.ratio).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i"),
         "variance_text": sp.sstr(step.noise_variance).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i"),
         "evaluation_notes": _evaluation_notes(plan),
+        "noise_scale_limit": repr(float(pure_noise_limits(step.phi, s)[0])),
         "variable": spec.variable,
         "variable_text": "s" if spec.variable == "s" else "lambda = log(alpha/sigma) = -log s",
         "quadrature_nodes": plan.quadrature_nodes if plan.uses_quadrature else 0,

@@ -1,0 +1,169 @@
+"""Ecosystem integrations for the generated sampler modules.
+
+- :mod:`derive.integrations.diffusers`: :class:`DeriveScheduler`, one diffusers scheduler over any generated
+  module (needs ``diffusers``).
+- :mod:`derive.integrations.kdiffusion`: the k-diffusion / ComfyUI sampler signature (:func:`wrap_sampler`) and
+  a Brownian-tree noise sampler (needs ``torchsde`` for the latter).
+
+This package itself needs only torch. It holds what both integrations share: finding and loading a generated
+module (:func:`load_module`, :func:`module_id`) and the per-step coefficients of a module in any process's own
+coordinates (:func:`step_table`), including a first step from pure noise (alpha = 0, e.g. flow matching at
+t = 1).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import pathlib
+import re
+import types
+
+import torch
+
+__all__ = ["GENERATED_DIR", "DeriveScheduler", "load_module", "module_id", "noise_scale_limit", "step_table"]
+
+#: The checked-in catalogue of a source checkout (``<repo>/generated``); may not exist for a wheel install.
+GENERATED_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "generated"
+
+_REQUIRED = ("coefficient_table", "ORDER", "FORM")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_CACHE: dict[str, types.ModuleType] = {}
+
+
+def __getattr__(name):  # lazy: importing this package must not import diffusers
+    if name == "DeriveScheduler":
+        from derive.integrations.diffusers import DeriveScheduler
+
+        return DeriveScheduler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _check(module: types.ModuleType, origin: str) -> types.ModuleType:
+    missing = [name for name in _REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise ValueError(f"{origin} is not a generated sampler module (missing {', '.join(missing)})")
+    if module.FORM not in ("data", "noise"):
+        raise ValueError(f"{origin}: unknown FORM {module.FORM!r}")
+    return module
+
+
+def _load_path(path: pathlib.Path) -> types.ModuleType:
+    path = path.resolve()
+    key = str(path)
+    if key not in _CACHE:
+        if not path.is_file():
+            raise FileNotFoundError(f"no generated module at {path}")
+        spec = importlib.util.spec_from_file_location(f"derive_generated_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _CACHE[key] = _check(module, str(path))
+    return _CACHE[key]
+
+
+def load_module(module) -> types.ModuleType:
+    """A generated sampler module from a module object, a file path, or a name.
+
+    A name (``"ersde_order3"``) is looked up in :data:`GENERATED_DIR` first, then imported (a module copied into
+    your project). Loaded files are cached per path.
+    """
+    if isinstance(module, types.ModuleType):
+        return _check(module, getattr(module, "__name__", "module"))
+    if isinstance(module, pathlib.Path):
+        return _load_path(module)
+    if not isinstance(module, str) or not module:
+        raise TypeError(f"module must be a module object, a path or a name, not {module!r}")
+    if module.endswith(".py") or "/" in module or "\\" in module:
+        return _load_path(pathlib.Path(module).expanduser())
+    if _NAME.match(module) and (GENERATED_DIR / f"{module}.py").is_file():
+        return _load_path(GENERATED_DIR / f"{module}.py")
+    try:
+        imported = importlib.import_module(module)
+    except ImportError as error:
+        raise ValueError(
+            f"no generated module {module!r}: not in {GENERATED_DIR} and not importable ({error})"
+        ) from None
+    return _check(imported, module)
+
+
+def module_id(module: types.ModuleType) -> str:
+    """A string that :func:`load_module` resolves back to ``module`` (for configs that are saved as JSON)."""
+    path = getattr(module, "__file__", None)
+    if path:
+        path = pathlib.Path(path).resolve()
+        if path.parent == GENERATED_DIR.resolve():
+            return path.stem
+        return str(path)
+    return module.__name__
+
+
+def noise_scale_limit(module) -> float:
+    """lim_{s -> oo} s / phi(s): the module's ``NOISE_SCALE_LIMIT`` or, for the ersde modules, phi evaluated far out."""
+    limit = getattr(module, "NOISE_SCALE_LIMIT", None)
+    if limit is not None:
+        return float(limit)
+    s = torch.tensor(1e150, dtype=torch.float64)
+    with torch.no_grad():
+        value = float(s / module.noise_scale_fn(s))
+    return value if value > 1e-12 else 0.0
+
+
+def _phi(module, s: float) -> float:
+    return float(module.noise_scale_fn(torch.tensor(s, dtype=torch.float64)))
+
+
+def step_table(module, alpha, sigma):
+    """Per-step coefficients of ``module`` for the process x = alpha x0 + sigma eps at the given points.
+
+    ``alpha`` and ``sigma`` (sequences of length n + 1, from noise to data) give n rows ``(A, B, C, M, final)``:
+    ``x_{i+1} = A x_i + sum_j B[j] P_{i-j} + C z + M mu`` with P the stored data predictions (``module.FORM ==
+    "data"``) or noise predictions, z unit normal noise and mu the mean of a mean-reverting process (0 here
+    except for mrsde); ``final`` marks a step to sigma = 0, which returns the data prediction.
+
+    Uses the module's ``family_table`` when it has one (the process families, which also handle a first point
+    with alpha = 0) and otherwise (the ersde modules) converts ``coefficient_table`` (normalized coordinates
+    y = x / alpha, s = sigma / alpha) itself; there a first point with alpha = 0 (pure noise) is the limit
+    s -> oo of the first step, from ``noise_scale_fn`` (a data-form module is required).
+    """
+    alpha = [float(v) for v in torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).tolist()]
+    sigma = [float(v) for v in torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).tolist()]
+    if len(alpha) != len(sigma) or len(alpha) < 2:
+        raise ValueError("alpha and sigma need the same length, at least 2")
+    if hasattr(module, "family_table"):
+        return [
+            (float(A), tuple(float(b) for b in B), float(C), float(M), bool(final))
+            for A, B, C, M, final in module.family_table(alpha, sigma)
+        ]
+    head = []
+    if alpha[0] == 0.0:
+        if module.FORM != "data":
+            raise ValueError(
+                "a noise-prediction-form module cannot start at alpha = 0 (pure noise); use a data-form module "
+                "(ersde_*, flow_*, edm_*) or start at alpha > 0"
+            )
+        a1, g1 = alpha[1], sigma[1]
+        if g1 == 0.0:
+            head.append((0.0, (1.0,), 0.0, 0.0, True))
+        else:
+            # limit s0 -> oo of y1 = r y0 + c0 x0 + sqrt(v) z with r = phi(s1)/phi(s0), c0 -> 1, y0 = x0 / alpha0
+            s1 = g1 / a1
+            tail = _phi(module, s1) * noise_scale_limit(module)
+            head.append(
+                (a1 * tail / sigma[0], (a1,), a1 * math.sqrt(max(s1 * s1 - tail * tail, 0.0)), 0.0, False)
+            )
+        alpha, sigma = alpha[1:], sigma[1:]
+        if len(alpha) < 2:
+            return head
+    if any(a <= 0.0 for a in alpha):
+        raise ValueError("alpha must be positive after the first point")
+    # a float64 tensor: the modules' torch.as_tensor(sigmas) would round a list of floats to float32 first
+    s = torch.tensor([g / a for g, a in zip(sigma, alpha)], dtype=torch.float64)
+    ratios, stds, weights, finals = module.coefficient_table(s)
+    rows = []
+    for i in range(len(ratios)):
+        a0, a1 = alpha[i], alpha[i + 1]
+        rows.append(
+            (a1 * ratios[i] / a0, tuple(a1 * w for w in weights[i]), a1 * stds[i], 0.0, bool(finals[i]))
+        )
+    return head + rows
