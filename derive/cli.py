@@ -117,5 +117,14 @@ def list_() -> None:
     Console().print(table)
 
 
+def _register() -> None:
+    from derive.verify.command import verify
+
+    main.add_command(verify)
+
+
+_register()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
