@@ -28,6 +28,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DeriveError as error:
             _fail(error)
+        except OSError as error:
+            click.echo(f"derive: error: cannot write output: {error}", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("derive: interrupted; files already written are complete, others untouched", err=True)
             sys.exit(130)
@@ -118,9 +121,11 @@ def list_() -> None:
 
 
 def _register() -> None:
+    from derive.explain.command import explain
     from derive.verify.command import verify
 
     main.add_command(verify)
+    main.add_command(explain)
 
 
 _register()

@@ -56,6 +56,8 @@ class Spec:
             raise SpecError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if not isinstance(self.phi, str) or not self.phi.strip():
             raise SpecError("phi must be a preset name or an expression in s")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.phi):
+            raise SpecError("phi must be one line of printable text (found a control character)")
         if self.variable not in VARIABLES:
             raise SpecError(f"unknown expansion variable {self.variable!r}; choose one of: {', '.join(VARIABLES)}")
         if self.dynamics is not None and self.dynamics not in DYNAMICS:

@@ -62,6 +62,8 @@ SPEC = {
     "schedule": "linear",
 }
 SPEC_HASH = "39f3ddafb2257b95"
+#: history steps shorter than this fraction of the current step restart the multistep history
+HISTORY_STEP_RATIO = 1e-3
 #: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
 NOISE_SCALE_LIMIT = 0.0
 
@@ -143,12 +145,23 @@ def noise_variance(sigma, sigma_next):
 
 
 def _history_lengths(sigmas):
-    """Usable history per step: at most ORDER outputs at distinct, decreasing sigmas."""
+    """Usable history per step: at most ORDER outputs at distinct, decreasing sigmas.
+
+    A node is dropped (with everything older) when the step that follows it is shorter than
+    HISTORY_STEP_RATIO times the current step: interpolating through nearly coincident nodes would multiply
+    rounding errors and noise by the inverse of that ratio (a repeated sigma is the limit of this).
+    """
     lengths = []
-    run = 0
-    for i, value in enumerate(sigmas[:-1]):
-        run = run + 1 if i > 0 and sigmas[i - 1] > value else 1
-        lengths.append(min(ORDER, run))
+    steps = len(sigmas) - 1
+    for i in range(steps):
+        current = sigmas[i] - sigmas[i + 1]
+        k = 1
+        while k < ORDER and i - k >= 0:
+            gap = sigmas[i - k] - sigmas[i - k + 1]
+            if not gap > 0 or gap < HISTORY_STEP_RATIO * current:
+                break
+            k += 1
+        lengths.append(k)
     return lengths
 
 
@@ -225,12 +238,30 @@ def _default_noise(x, generator):
 
 
 def _run(
-    predict, x, n_steps, ratios, weights, stds, finals, noise, callback, history, start, mu=None, offsets=None
+    predict,
+    x,
+    n_steps,
+    ratios,
+    weights,
+    stds,
+    finals,
+    noise,
+    callback,
+    history,
+    start,
+    levels,
+    mu=None,
+    offsets=None,
 ):
     """The sampling loop: per step one prediction and one fixed linear combination (no coefficient math)."""
     stored = [] if history is None else list(reversed(history))[:ORDER]
     for i in range(start, n_steps):
         denoised, quantity = predict(x, i)
+        if denoised.shape != x.shape:
+            raise ValueError(
+                f"the model returned shape {tuple(denoised.shape)} at step {i} (sigma = {levels[i]:.6g}); "
+                f"expected the state's shape {tuple(x.shape)}"
+            )
         stored.insert(0, quantity)
         del stored[ORDER:]
         if callback is not None:
@@ -296,7 +327,7 @@ def sample(
             callback({"x": y, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
 
     start = 0 if history is None else len(history)
-    return _run(predict, x, len(ratios), ratios, weights, stds, finals, noise, report, history, start)
+    return _run(predict, x, len(ratios), ratios, weights, stds, finals, noise, report, history, start, values)
 
 
 # ---- the family's own coordinates ------------------------------------------------------------------------
@@ -410,4 +441,6 @@ def sample_native(
         def report(i, state, denoised):
             callback({"x": state, "i": i, "t": times[i], "sigma": g[i], "denoised": denoised})
 
-    return _run(predict, x, len(rows), ratios, weights, stds, finals, noise, report, None, 0, mean, offsets)
+    return _run(
+        predict, x, len(rows), ratios, weights, stds, finals, noise, report, None, 0, g, mean, offsets
+    )

@@ -5,12 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import shlex
 import shutil
 import subprocess
 
 import jinja2
 import sympy as sp
 
+from derive.errors import AdmissibilityError
 from derive.checks import generic_checks, interpolation_check, step_checks
 from derive.coefficients import CoefficientPlan, Quantity, _mp_quad_weight, plan_coefficients
 from derive.emit.printer import Polyval, Routine, make_routine
@@ -56,9 +58,47 @@ def template_dir() -> pathlib.Path:
     return pathlib.Path(str(resources.files("derive._templates")))
 
 
+#: wall-clock bound on one derivation; a phi that SymPy cannot handle in this time is refused
+DERIVATION_TIME_LIMIT = 45.0
+
+
+class _DerivationTimeout(Exception):
+    pass
+
+
 @functools.lru_cache(maxsize=None)
 def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
-    """Parse and admit phi, derive the step, run every check, plan the float64 evaluation."""
+    """Parse and admit phi, derive the step, run every check, plan the float64 evaluation.
+
+    Failures that come from phi itself (SymPy running out of time, quadrature that cannot reach float64
+    accuracy because phi overflows) are reported as AdmissibilityError, not as tracebacks.
+    """
+    import signal
+    import threading
+
+    use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if use_alarm:
+
+        def _expired(signum, frame):
+            raise _DerivationTimeout
+
+        previous = signal.signal(signal.SIGALRM, _expired)
+        signal.setitimer(signal.ITIMER_REAL, DERIVATION_TIME_LIMIT)
+    try:
+        return _derive_spec(spec)
+    except _DerivationTimeout:
+        raise AdmissibilityError(
+            f"phi is too complex: its derivation did not finish within {DERIVATION_TIME_LIMIT:.0f} s ({spec.phi_text})"
+        ) from None
+    except (ArithmeticError, NameError, OverflowError, NotImplementedError) as error:
+        raise AdmissibilityError(f"phi cannot be evaluated accurately in float64: {error}") from None
+    finally:
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+
+def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     phi = parse_expression(spec.phi_text)
     check_phi(phi, s)
     step = derive_step(phi)
@@ -310,7 +350,7 @@ def command_args(spec: Spec) -> str:
     if spec.dynamics is not None:
         args.append(f"--dynamics {spec.dynamics}")
     if spec.phi != "default":
-        args.append(f"--phi {json.dumps(spec.phi) if ' ' in spec.phi else spec.phi}")
+        args.append(f"--phi {shlex.quote(spec.phi)}")
     if spec.prediction is not None:
         args.append(f"--prediction {spec.prediction}")
     if spec.schedule is not None:

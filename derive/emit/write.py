@@ -73,8 +73,11 @@ def write_modules(rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bo
     """Write changed modules and update the manifest; returns the paths written (unchanged files are left)."""
     manifest = read_manifest(out_dir)
     if not force:
-        for spec in rendered:
-            check_hand_edit(module_path(out_dir, spec), manifest)
+        for spec, text in rendered.items():
+            path = module_path(out_dir, spec)
+            if path.exists() and path.read_text(encoding="utf-8") == text:
+                continue  # already what we would write (e.g. an earlier run stopped before the manifest)
+            check_hand_edit(path, manifest)
     written = []
     for spec, text in sorted(rendered.items(), key=lambda item: item[0].name):
         path = module_path(out_dir, spec)

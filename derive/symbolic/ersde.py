@@ -187,10 +187,17 @@ def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
     def _raise(signum, frame):  # pragma: no cover - only on timeout
         raise _Timeout
 
+    import time
+
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if use_alarm:
-        previous = signal.signal(signal.SIGALRM, _raise)
-        signal.setitimer(signal.ITIMER_REAL, timeout)
+        outer, _ = signal.getitimer(signal.ITIMER_REAL)  # an enclosing time limit keeps running
+        if outer and outer < timeout:
+            use_alarm = False  # let the enclosing limit fire
+        else:
+            previous = signal.signal(signal.SIGALRM, _raise)
+            started = time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, timeout)
     try:
         result = sp.integrate(expr, s)
     except _Timeout:
@@ -199,6 +206,8 @@ def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
         if use_alarm:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
+            if outer:
+                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
     if result.has(sp.Integral):
         return None
     return result

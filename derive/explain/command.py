@@ -1,0 +1,107 @@
+"""The ``derive explain`` command: the derivation of one solver, step by step, with every check it runs.
+
+Wired into the CLI group with ``main.add_command(explain)``. Bad input raises :class:`~derive.errors.SpecError`
+(or the expression and admissibility errors of phi), which the group prints as one line with exit code 2.
+When a derived identity fails its check the walk-through is still written, with the check marked FAILED,
+and the command then raises :class:`~derive.errors.DerivationError` (exit code 3).
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import click
+
+from derive.errors import DerivationError, SpecError
+from derive.explain.render import FORMATS, render
+from derive.explain.steps import build_explanation
+from derive.spec import DYNAMICS, FAMILIES, MAX_ORDER, PHI_PRESETS, PREDICTIONS, Spec
+
+try:  # the expansion variable (s or lambda), where the derivation code offers one
+    from derive.symbolic.ersde import VARIABLES
+except ImportError:  # pragma: no cover - older derivation code
+    VARIABLES = ("s",)
+
+
+def _order(text: str) -> int:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise SpecError(f"order must be a whole number between 1 and {MAX_ORDER}, got {text!r}") from None
+    return value
+
+
+def _choice(name: str, value: str | None, choices) -> None:
+    if value is not None and value not in choices:
+        raise SpecError(f"unknown {name} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def make_spec(family, order, phi, dynamics=None, prediction=None, schedule=None, variable="s") -> Spec:
+    """The spec ``derive explain`` (and ``derive gen``) means by these options; raises SpecError when invalid."""
+    _choice("family", family, FAMILIES)
+    _choice("dynamics", dynamics, DYNAMICS)
+    _choice("prediction", prediction, PREDICTIONS)
+    _choice("expansion variable", variable, VARIABLES)
+    if family != "ersde" and dynamics is None:
+        dynamics = "er" if phi != "default" else "ode"
+    options = {"dynamics": dynamics, "prediction": prediction, "schedule": schedule}
+    if variable != "s":
+        options["variable"] = variable
+    return Spec(family=family, order=_order(order), phi=phi, **options)
+
+
+@click.command()
+@click.option("--family", default="ersde", show_default=True, help=f"Process family: {', '.join(FAMILIES)}.")
+@click.option("--order", default="3", show_default=True, help=f"Multistep order K (1-{MAX_ORDER}).")
+@click.option(
+    "--phi",
+    default="default",
+    show_default=True,
+    help=f"Noise-scale function phi(s): a preset ({', '.join(PHI_PRESETS)}) or an expression in s.",
+)
+@click.option(
+    "--dynamics",
+    default=None,
+    help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only (default ode).",
+)
+@click.option(
+    "--prediction",
+    default=None,
+    help=f"What the model predicts: {', '.join(PREDICTIONS)} (default: the family's usual one).",
+)
+@click.option(
+    "--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde)."
+)
+@click.option(
+    "--variable", default="s", show_default=True, help=f"Expansion variable: {', '.join(VARIABLES)}."
+)
+@click.option(
+    "--format", "fmt", default="text", show_default=True, help=f"Output format: {', '.join(FORMATS)}."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Write to FILE instead of stdout.",
+)
+def explain(family, order, phi, dynamics, prediction, schedule, variable, fmt, out) -> None:
+    """Walk through the derivation of one solver: each step's SymPy expressions and the checks that ran.
+
+    Exits 3 (after writing the walk-through, with the failure marked) if a derived identity fails its check.
+    """
+    _choice("format", fmt, FORMATS)
+    spec = make_spec(family, order, phi, dynamics, prediction, schedule, variable)
+    explanation = build_explanation(spec)
+    text = render(explanation, fmt)
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        from derive.emit.write import atomic_write
+
+        atomic_write(out, text)
+        click.echo(str(out))
+    if explanation.failed:
+        details = "; ".join(f"{check.name}: {check.residual}" for check in explanation.failed)
+        raise DerivationError(
+            f"{len(explanation.failed)} check(s) failed in the derivation of {spec.name}: {details}"
+        )
