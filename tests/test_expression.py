@@ -422,6 +422,13 @@ def test_random_arithmetic_trees_evaluate_like_python(tree, x):
     except (OverflowError, ValueError, ZeroDivisionError):
         assume(False)
     assume(isinstance(expected, float) and math.isfinite(expected) and 1e-30 < abs(expected) < 1e30)
+    # skip ill-conditioned points (e.g. sin of exp(22) = 3.6e9, where one ulp of the argument moves the result
+    # in the 7th digit): there the float64 reference itself is wrong, not the parser
+    try:
+        nearby = f(x * (1 + 1e-13))
+    except (OverflowError, ValueError, ZeroDivisionError):
+        assume(False)
+    assume(isinstance(nearby, float) and abs(nearby - expected) <= 1e-9 * abs(expected))
     result = parse_expression(text)
     assert result.free_symbols <= {s}
     actual = complex(result.evalf(30, subs={s: sympy.Float(x, 30)}))
