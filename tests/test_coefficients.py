@@ -69,10 +69,10 @@ def test_combined_weights_match_mpmath(name, sigma, t, ratios):
     # build a decreasing history s_{i-k+1} > ... > s_i = sigma, previous steps scaled by the ratios
     h = sigma * t
     history = [sigma]
-    step_len = h
     for r in ratios[: k - 1]:
-        step_len = step_len * r
-        history.insert(0, history[0] + step_len)
+        # each earlier step is r times the current one (ratios 0.05-20, not compounded, so that no history
+        # step falls below the modules' HISTORY_STEP_RATIO and the full history is used)
+        history.insert(0, history[0] + h * r)
     sched = [*history, sigma - h]
     ratio, std, weights, final = module.coefficient_table(torch.tensor(sched, dtype=torch.float64))
     got = weights[-1]
