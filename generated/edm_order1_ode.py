@@ -62,8 +62,9 @@ SPEC = {
     "schedule": "edm",
 }
 SPEC_HASH = "c517797f8f85378d"
-#: history steps shorter than this fraction of the current step restart the multistep history
-HISTORY_STEP_RATIO = 1e-3
+#: history steps shorter than this fraction of the current step restart the multistep history (a multistep
+#: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
+HISTORY_STEP_RATIO = 0.01
 #: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
 NOISE_SCALE_LIMIT = 1.0
 

@@ -419,8 +419,9 @@ def _stale(docs_dir: pathlib.Path, pages: dict[str, str]) -> list[str]:
     )
 
 
-def check_docs(docs_dir: pathlib.Path = DOCS_DIR, pages: dict[str, str] | None = None) -> str:
+def check_docs(docs_dir: pathlib.Path | None = None, pages: dict[str, str] | None = None) -> str:
     """A unified diff between the pages on disk and ``render_docs()`` ('' when they agree)."""
+    docs_dir = DOCS_DIR if docs_dir is None else docs_dir
     pages = render_docs() if pages is None else pages
     diff = []
     for relative, text in pages.items():
@@ -438,8 +439,9 @@ def check_docs(docs_dir: pathlib.Path = DOCS_DIR, pages: dict[str, str] | None =
     return "".join(diff)
 
 
-def write_docs(docs_dir: pathlib.Path = DOCS_DIR, pages: dict[str, str] | None = None) -> list[pathlib.Path]:
+def write_docs(docs_dir: pathlib.Path | None = None, pages: dict[str, str] | None = None) -> list[pathlib.Path]:
     """Write the pages atomically; remove generated pages that are no longer produced. Returns the paths written."""
+    docs_dir = DOCS_DIR if docs_dir is None else docs_dir
     from derive.emit.write import atomic_write
 
     pages = render_docs() if pages is None else pages
