@@ -58,8 +58,9 @@ def template_dir() -> pathlib.Path:
     return pathlib.Path(str(resources.files("derive._templates")))
 
 
-#: wall-clock bound on one derivation; a phi that SymPy cannot handle in this time is refused
-DERIVATION_TIME_LIMIT = 45.0
+#: CPU-time bound (seconds) on one derivation, independent of machine load; a phi that SymPy cannot
+#: handle in this time is refused
+DERIVATION_TIME_LIMIT = 40.0
 
 
 class _DerivationTimeout(Exception):
@@ -82,8 +83,8 @@ def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
         def _expired(signum, frame):
             raise _DerivationTimeout
 
-        previous = signal.signal(signal.SIGALRM, _expired)
-        signal.setitimer(signal.ITIMER_REAL, DERIVATION_TIME_LIMIT)
+        previous = signal.signal(signal.SIGVTALRM, _expired)
+        signal.setitimer(signal.ITIMER_VIRTUAL, DERIVATION_TIME_LIMIT)
     try:
         return _derive_spec(spec)
     except _DerivationTimeout:
@@ -94,8 +95,8 @@ def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
         raise AdmissibilityError(f"phi cannot be evaluated accurately in float64: {error}") from None
     finally:
         if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            signal.signal(signal.SIGVTALRM, previous)
 
 
 def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:

@@ -191,23 +191,23 @@ def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
 
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if use_alarm:
-        outer, _ = signal.getitimer(signal.ITIMER_REAL)  # an enclosing time limit keeps running
+        outer, _ = signal.getitimer(signal.ITIMER_VIRTUAL)  # an enclosing time limit keeps running
         if outer and outer < timeout:
             use_alarm = False  # let the enclosing limit fire
         else:
-            previous = signal.signal(signal.SIGALRM, _raise)
+            previous = signal.signal(signal.SIGVTALRM, _raise)
             started = time.monotonic()
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            signal.setitimer(signal.ITIMER_VIRTUAL, timeout)
     try:
         result = sp.integrate(expr, s)
     except _Timeout:
         return None
     finally:
         if use_alarm:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
+            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
+            signal.signal(signal.SIGVTALRM, previous)
             if outer:
-                signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - started), 1e-3))
+                signal.setitimer(signal.ITIMER_VIRTUAL, max(outer - (time.monotonic() - started), 1e-3))
     if result.has(sp.Integral):
         return None
     return result
