@@ -297,7 +297,7 @@ def pure_noise_limits(phi: sp.Expr, s: sp.Symbol) -> tuple[sp.Expr, sp.Expr]:
     """lim_{s->oo} s/phi(s) =: L and the first step from alpha = 0 (s = oo) in the data form.
 
     As alpha -> 0 with sigma fixed, r/alpha = phi(s')/(alpha phi(sigma/alpha)) -> phi(s') L / sigma,
-    c_0 = 1 - r -> 1 and v = s'^2 - s^2 r^2 -> s'^2 - phi(s')^2 L^2. Returns (L, ratio_over_alpha expression).
+    c_0 = 1 - r -> 1 and v = s'^2 - s^2 r^2 -> s'^2 - phi(s')^2 L^2. Returns (L, phi).
     """
     limit = sp.limit(s / phi, s, sp.oo)
     if limit.has(sp.oo, sp.nan, sp.zoo):
