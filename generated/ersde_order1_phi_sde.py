@@ -51,6 +51,10 @@ SPEC_HASH = "6cfcefb1721f4ea3"
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01
+#: per history length k: a step whose weights would amplify perturbations of the stored outputs (rounding,
+#: model error, the noise an SDE feeds into them) by more than this, sum|w| / |sum w|, uses one output fewer;
+#: 10 x the k-step Adams-Bashforth constant on equal steps. Only abrupt step growth reaches it.
+AMPLIFICATION_LIMIT = {}
 #: lim_{s -> oo} s / phi(s): used by a first step from alpha = 0 (pure noise)
 NOISE_SCALE_LIMIT = 0.0
 
@@ -124,6 +128,15 @@ def _history_lengths(sigmas):
     return lengths
 
 
+def _amplification(w):
+    """sum|w_j| / |sum w_j|: how much a perturbation of the stored outputs can grow in one step."""
+    total = abs(sum(w))
+    spread = sum(abs(v) for v in w)
+    if total == 0:
+        return 0.0 if spread == 0 else math.inf
+    return spread / total
+
+
 def coefficient_table(sigmas):
     """The whole schedule's coefficients in float64, computed once before sampling.
 
@@ -151,9 +164,13 @@ def coefficient_table(sigmas):
             weights.append((1.0,))
             finals.append(True)
             continue
-        offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
-        rows = _DERIVATIVE_WEIGHTS[k](*offsets)
-        w = [WEIGHT_SIGN * sum(float(taylor[n][i]) * rows[n][j] for n in range(k)) for j in range(k)]
+        while True:
+            offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
+            rows = _DERIVATIVE_WEIGHTS[k](*offsets)
+            w = [WEIGHT_SIGN * sum(float(taylor[n][i]) * rows[n][j] for n in range(k)) for j in range(k)]
+            if k == 1 or not _amplification(w) > AMPLIFICATION_LIMIT[k]:
+                break
+            k -= 1
         ratios.append(float(ratio[i]))
         stds.append(math.sqrt(float(noise_var[i])))
         weights.append(tuple(w))

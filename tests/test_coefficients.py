@@ -76,20 +76,35 @@ def test_combined_weights_match_mpmath(name, sigma, t, ratios):
     sched = [*history, sigma - h]
     ratio, std, weights, final = module.coefficient_table(torch.tensor(sched, dtype=torch.float64))
     got = weights[-1]
-    assert len(got) == k
     step = _step(name)
-    D = derivative_weights(k)
-    with mpmath.workdps(34):
+
+    def exact_weights(m):
+        D = derivative_weights(m)
         if _variable(name) == "lambda":
-            offsets = [-mpmath.log(mpmath.mpf(history[-1 - j]) / mpmath.mpf(sigma)) for j in range(1, k)]
+            offsets = [-mpmath.log(mpmath.mpf(history[-1 - j]) / mpmath.mpf(sigma)) for j in range(1, m)]
         else:
-            offsets = [mpmath.mpf(history[-1 - j]) - mpmath.mpf(sigma) for j in range(1, k)]
-        subs = dict(zip(offset_symbols(k), offsets))
-        c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma - h, module.FORM, _variable(name)) for n in range(k)]
-        for j in range(k):
-            exact = mpmath.fsum(c[n] * sp.lambdify(offset_symbols(k), D[n][j], "mpmath")(*offsets) for n in range(k))
-            scale = max(abs(exact), abs(c[0]))
-            assert abs(got[j] - exact) <= 1e-12 * scale, (j, got[j], exact)
+            offsets = [mpmath.mpf(history[-1 - j]) - mpmath.mpf(sigma) for j in range(1, m)]
+        c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma - h, module.FORM, _variable(name)) for n in range(m)]
+        return c, [
+            mpmath.fsum(c[n] * sp.lambdify(offset_symbols(m), D[n][j], "mpmath")(*offsets) for n in range(m))
+            for j in range(m)
+        ]
+
+    def amplification(w):
+        return mpmath.fsum(abs(v) for v in w) / abs(mpmath.fsum(w))
+
+    used = len(got)
+    assert 1 <= used <= k
+    with mpmath.workdps(34):
+        c, exact = exact_weights(used)
+        for j in range(used):
+            scale = max(abs(exact[j]), abs(c[0]))
+            assert abs(got[j] - exact[j]) <= 1e-12 * scale, (j, got[j], exact[j])
+        # fewer outputs only where the longer history would amplify perturbations beyond the documented limit
+        if used < k:
+            assert amplification(exact_weights(used + 1)[1]) > module.AMPLIFICATION_LIMIT[used + 1] * (1 - 1e-9)
+        if used > 1:
+            assert amplification(exact) <= module.AMPLIFICATION_LIMIT[used] * (1 + 1e-9)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -105,3 +120,53 @@ def test_zero_length_steps_are_finite(name):
     x = torch.randn(3, 4, dtype=torch.float64)
     out = module.sample(lambda x, s: 0.5 * x / (1 + s[:, None] ** 2), x, sched, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(out).all()
+
+
+# textbook Adams-Bashforth weights on equal steps (newest output first)
+ADAMS_BASHFORTH = {
+    1: (1,),
+    2: (sp.Rational(3, 2), sp.Rational(-1, 2)),
+    3: (sp.Rational(23, 12), sp.Rational(-16, 12), sp.Rational(5, 12)),
+    4: (sp.Rational(55, 24), sp.Rational(-59, 24), sp.Rational(37, 24), sp.Rational(-9, 24)),
+}
+
+
+def test_adams_bashforth_lebesgue_constants():
+    from derive.symbolic.interpolation import adams_bashforth_lebesgue
+
+    for k, weights in ADAMS_BASHFORTH.items():
+        assert sum(weights) == 1
+        assert adams_bashforth_lebesgue(k) == sum(abs(w) for w in weights)
+    assert adams_bashforth_lebesgue(5) > adams_bashforth_lebesgue(4)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if manifest()[n]["order"] >= 2])
+def test_amplification_limits_and_standard_schedules_keep_the_full_history(name):
+    """The history guard is 10 x the Adams-Bashforth constant and leaves Karras / log-uniform schedules alone."""
+    from derive.coefficients import HISTORY_AMPLIFICATION_FACTOR
+    from derive.symbolic.interpolation import adams_bashforth_lebesgue
+
+    module = load_module(name)
+    for k in range(2, module.ORDER + 1):
+        assert module.AMPLIFICATION_LIMIT[k] == pytest.approx(
+            HISTORY_AMPLIFICATION_FACTOR * float(adams_bashforth_lebesgue(k)), rel=1e-15
+        )
+    ramp = lambda n: torch.linspace(0, 1, n + 1, dtype=torch.float64)  # noqa: E731
+    for n in (5, 10, 20, 100):
+        karras = (80 ** (1 / 7) + ramp(n) * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
+        log_uniform = torch.exp(math.log(80) + ramp(n) * (math.log(0.002) - math.log(80)))
+        for sched in (karras, log_uniform):
+            _, _, weights, _ = module.coefficient_table(sched)
+            assert [len(w) for w in weights] == [min(i + 1, module.ORDER) for i in range(n)], (n, sched)
+
+
+@pytest.mark.parametrize("name", ["ersde_order3", "vesde_order3_sde"])
+def test_abrupt_step_growth_drops_history(name):
+    """Three short steps then one 15 x longer: the full order-3 weights would amplify the stored outputs ~175-450
+    times (noise, for an SDE); the guard falls back to fewer outputs and the sample stays bounded."""
+    module = load_module(name)
+    sched = torch.tensor([54.598150033144236, 51.290215346585704, 48.182698291098816, 1.0], dtype=torch.float64)
+    _, _, weights, _ = module.coefficient_table(sched)
+    assert [len(w) for w in weights[:2]] == [1, 2] and len(weights[2]) < 3
+    w = weights[2]
+    assert len(w) == 1 or sum(abs(v) for v in w) / abs(sum(w)) <= module.AMPLIFICATION_LIMIT[len(w)]

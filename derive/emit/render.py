@@ -14,7 +14,13 @@ import sympy as sp
 
 from derive.errors import AdmissibilityError
 from derive.checks import generic_checks, interpolation_check, step_checks
-from derive.coefficients import CoefficientPlan, Quantity, _mp_quad_weight, plan_coefficients
+from derive.coefficients import (
+    HISTORY_AMPLIFICATION_FACTOR,
+    CoefficientPlan,
+    Quantity,
+    _mp_quad_weight,
+    plan_coefficients,
+)
 from derive.emit.printer import Polyval, Routine, make_routine
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
@@ -28,7 +34,7 @@ from derive.symbolic.families import mu as fam_mu
 from derive.symbolic.families import sigma_t as fam_sigma
 from derive.symbolic.families import t as family_t
 from derive.symbolic.families import x as fam_x
-from derive.symbolic.interpolation import derivative_weights, offset_symbols
+from derive.symbolic.interpolation import adams_bashforth_lebesgue, derivative_weights, offset_symbols
 
 output_symbol = sp.Symbol("output", real=True)
 
@@ -239,6 +245,11 @@ def render(spec: Spec) -> str:
         "variance_call": variance_call,
         "any_series": any(q.series for q in plan.quantities),
         "derivative_routines": derivative_routines,
+        "amplification_limits": [
+            (k, repr(float(HISTORY_AMPLIFICATION_FACTOR * adams_bashforth_lebesgue(k))))
+            for k in range(2, spec.order + 1)
+        ],
+        "amplification_factor": HISTORY_AMPLIFICATION_FACTOR,
     }
     context.update(_native_context(spec, step, routines))
     text = _environment().get_template("solver.py.jinja").render(**context)

@@ -37,3 +37,22 @@ def derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
             coeff = numerator.coeff_monomial(x**n)
             rows[n][j] = sp.factor(sp.factorial(n) * coeff / denominator)
     return tuple(tuple(row) for row in rows)
+
+
+@functools.lru_cache(maxsize=None)
+def adams_bashforth_lebesgue(k: int) -> sp.Rational:
+    r"""The error-amplification (Lebesgue) constant of the k-step Adams-Bashforth quadrature on equal steps.
+
+    Integrating the interpolating polynomial through nodes :math:`0, -1, \dots, -(k-1)` over :math:`[0, 1]`
+    gives the weights :math:`b_j = \int_0^1 \ell_j`; :math:`\sum_j |b_j|` is the factor by which a
+    perturbation of the stored outputs (rounding, model error, the noise an SDE feeds into them) can grow in
+    one step. 1, 2, 11/3, 20/3, ... for k = 1, 2, 3, 4. Generated modules compare each step's own
+    :math:`\sum_j |w_j| / |\sum_j w_j|` with a multiple of this value to decide how much history to use.
+    """
+    t = sp.Symbol("t")
+    nodes = [sp.Integer(-j) for j in range(k)]
+    total = sp.Integer(0)
+    for j in range(k):
+        basis = sp.prod([(t - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j])
+        total += sp.Abs(sp.integrate(sp.expand(basis), (t, 0, 1)))
+    return sp.nsimplify(total)
