@@ -6,11 +6,6 @@ driven in the standard loop (``set_timesteps`` included), and the floor, three f
 state per step (``torch.add(x, y, alpha=c)``). Peers are interleaved within each repeat (in a shuffled order)
 and ratios are taken within a repeat, then the median over repeats is reported: the machine may be shared.
 
-Two rows are *proposals*, not shipped code (marked ``[proposal]``): the same order-3 module with its
-coefficient table built from Python lists (``tolist()`` once instead of indexing 0-d tensors per step) and
-the loop's linear combination done in place (one allocation, ``add_(P, alpha=w)``). They show what the
-template changes listed in benchmarks/README.md would buy; their output is checked against the module's.
-
 It also checks whether one step of the loop compiles with ``torch.compile(fullgraph=True)``.
 
     /work/venv/bin/python benchmarks/overhead.py            # full run (several minutes)
@@ -21,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import pathlib
 import random
 import sys
@@ -113,96 +107,6 @@ def run_floor(model, x, sigma_batches, coefficients):
         x = torch.add(x, p2, alpha=c)
         h1, h2 = m, p1
     return time.perf_counter() - start, 0.0, x
-
-
-# --------------------------------------------------------------------------------------------------
-# proposals: a list-based coefficient table and an in-place loop (benchmark-local, not shipped)
-# --------------------------------------------------------------------------------------------------
-
-
-def fast_table(module, sigmas):
-    """``module.coefficient_table`` with one ``tolist()`` per coefficient vector instead of per-element 0-d
-    tensor indexing, and vectorized node offsets. Same formulas, same values (checked in ``check_proposal``)."""
-    s = module._float64(sigmas)
-    module._check_sigmas(s)
-    sigma, sigma_next = s[:-1], s[1:]
-    final_t = sigma_next == 0
-    safe_next = torch.where(final_t, sigma, sigma_next)
-    ratio = module._ratio(sigma, safe_next).tolist()
-    noise_var = torch.clamp(module.noise_variance(sigma, safe_next), min=0.0).tolist()
-    taylor = [t.tolist() for t in module.taylor_weights(sigma, safe_next)]
-    final = final_t.tolist()
-    n_steps = len(final)
-    lengths = module._history_lengths(s.tolist())
-    offsets = {
-        j: [0.0] * j + module._node_offset(s[j:n_steps], s[: n_steps - j]).tolist()
-        for j in range(1, module.ORDER)
-        if n_steps > j
-    }
-    ratios, stds, weights, finals = [], [], [], []
-    sign = module.WEIGHT_SIGN
-    for i, k in enumerate(lengths):
-        if final[i]:
-            ratios.append(0.0)
-            stds.append(0.0)
-            weights.append((1.0,))
-            finals.append(True)
-            continue
-        rows = module._DERIVATIVE_WEIGHTS[k](*[offsets[j][i] for j in range(1, k)])
-        w = [sign * sum(taylor[n][i] * rows[n][j] for n in range(k)) for j in range(k)]
-        ratios.append(ratio[i])
-        stds.append(math.sqrt(noise_var[i]))
-        weights.append(tuple(w))
-        finals.append(False)
-    return ratios, stds, weights, finals
-
-
-def run_proposal(module, model, x, sigmas):
-    """Deterministic (ODE) modules only: fast table + in-place linear combination."""
-    start = time.perf_counter()
-    ratios, _, weights, finals = fast_table(module, sigmas)  # ODE modules: no noise
-    setup = time.perf_counter() - start
-    s_in = x.new_ones([x.shape[0]])
-    order = module.ORDER
-    stored = []
-    for i in range(len(ratios)):
-        denoised = model(x, sigmas[i] * s_in)
-        stored.insert(0, denoised)
-        del stored[order:]
-        if finals[i]:
-            x = denoised
-            continue
-        w = weights[i]
-        update = torch.mul(x, ratios[i])
-        for j in range(len(w)):
-            update.add_(stored[j], alpha=w[j])
-        x = update
-    return time.perf_counter() - start, setup, x
-
-
-def check_proposal(module, sigmas) -> float:
-    """Max relative difference between the proposal's table/output and the module's."""
-    ref = module.coefficient_table(sigmas)
-    new = fast_table(module, sigmas)
-    worst = 0.0
-    for a_list, b_list in ((ref[0], new[0]), (ref[1], new[1])):
-        for a, b in zip(a_list, b_list):
-            worst = max(worst, abs(a - b) / max(abs(a), 1e-300))
-    for wa, wb in zip(ref[2], new[2]):
-        for a, b in zip(wa, wb):
-            worst = max(worst, abs(a - b) / max(abs(a), 1e-300))
-    if ref[3] != new[3]:
-        return float("inf")
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, generator=gen, dtype=torch.float64) * float(sigmas[0])
-
-    def model(y, s):
-        return 0.5 * y / (1 + s[:, None] ** 2)
-
-    out_ref = module.sample(model, x, sigmas)
-    out_new = run_proposal(module, model, x, sigmas)[2]
-    worst = max(worst, float((out_ref - out_new).abs().max() / out_ref.abs().max()))
-    return worst
 
 
 # --------------------------------------------------------------------------------------------------
@@ -379,9 +283,6 @@ def bench_case(shape, n_steps: int, repeats: int, inner: int = 1, seed: int = 0)
     runners = {}
     for k, module in modules.items():
         runners[f"ours order {k} ({OURS[k]})"] = lambda m=module: run_ours(m, model, x0, sigmas)
-    runners["ours order 3 [proposal: list table + in-place loop]"] = lambda: run_proposal(
-        modules[3], model, x0, sigmas
-    )
     for name, scheduler in schedulers.items():
         runners[name] = lambda s=scheduler: run_diffusers(s, model, x0, n_steps)
     runners["floor (3 fused multiply-adds)"] = lambda: run_floor(model, x0, sigma_batches, floor_coefficients)
@@ -475,10 +376,6 @@ def render(payload: dict) -> str:
             )
         parts.append(markdown_table(header, rows))
         parts.append("")
-    check = payload.get("proposal_check")
-    if check is not None:
-        parts.append(f"Proposal vs module: max relative difference of table and output {check:.1e}.")
-        parts.append("")
     comp = payload.get("compile")
     if comp:
         parts.append(
@@ -560,9 +457,6 @@ def main(argv=None) -> dict:
     do_compile = (not args.quick) if args.compile_check is None else args.compile_check
 
     payload = {"benchmark": "overhead", "command": command_line(), "quick": args.quick, "machine": machine()}
-    payload["proposal_check"] = check_proposal(
-        load_generated(OURS[3]), torch.tensor(karras_sigmas(20, 0.002, 80.0), dtype=torch.float64)
-    )
     payload["cases"] = []
     for shape, n_steps, repeats, inner in cases:
         payload["cases"].append(bench_case(shape, n_steps, args.repeats or repeats, inner))

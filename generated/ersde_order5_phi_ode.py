@@ -425,11 +425,19 @@ def coefficient_table(sigmas):
     final = sigma_next == 0
     # a finite stand-in for sigma_next on final steps keeps every branch finite; those rows are overwritten
     safe_next = torch.where(final, sigma, sigma_next)
-    ratio = _ratio(sigma, safe_next)
-    noise_var = torch.clamp(noise_variance(sigma, safe_next), min=0.0)
-    taylor = taylor_weights(sigma, safe_next)
+    # one tolist() per coefficient vector: the loop below works on Python floats, not 0-d tensors
+    ratio = _ratio(sigma, safe_next).tolist()
+    noise_var = torch.clamp(noise_variance(sigma, safe_next), min=0.0).tolist()
+    taylor = [row.tolist() for row in taylor_weights(sigma, safe_next)]
+    final = final.tolist()
     values = s.tolist()
+    n_steps = len(final)
     lengths = _history_lengths(values)
+    # offsets[j][i]: node offset of sigmas[i - j] seen from sigmas[i], for all steps at once
+    offsets = {
+        j: [0.0] * j + _node_offset(s[j:n_steps], s[: n_steps - j]).tolist()
+        for j in range(1, min(ORDER, n_steps))
+    }
     ratios, stds, weights, finals = [], [], [], []
     for i, k in enumerate(lengths):
         if final[i]:
@@ -439,14 +447,13 @@ def coefficient_table(sigmas):
             finals.append(True)
             continue
         while True:
-            offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
-            rows = _DERIVATIVE_WEIGHTS[k](*offsets)
-            w = [WEIGHT_SIGN * sum(float(taylor[n][i]) * rows[n][j] for n in range(k)) for j in range(k)]
+            rows = _DERIVATIVE_WEIGHTS[k](*[offsets[j][i] for j in range(1, k)])
+            w = [WEIGHT_SIGN * sum(taylor[n][i] * rows[n][j] for n in range(k)) for j in range(k)]
             if k == 1 or not _amplification(w) > AMPLIFICATION_LIMIT[k]:
                 break
             k -= 1
-        ratios.append(float(ratio[i]))
-        stds.append(math.sqrt(float(noise_var[i])))
+        ratios.append(ratio[i])
+        stds.append(math.sqrt(noise_var[i]))
         weights.append(tuple(w))
         finals.append(False)
     return ratios, stds, weights, finals
@@ -491,6 +498,12 @@ def _default_noise(x, generator):
     return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
+def _compute_dtype(dtype):
+    """fp16 / bf16 states are carried in float32 (rounding the state to 8 or 11 bits every step accumulates
+    over long schedules); the model still sees, and the result comes back in, the caller's dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def _run(
     predict,
     x,
@@ -506,8 +519,12 @@ def _run(
     levels,
     mu=None,
     offsets=None,
+    check_finite=False,
 ):
-    """The sampling loop: per step one prediction and one fixed linear combination (no coefficient math)."""
+    """The sampling loop: per step one prediction and one fixed linear combination (no coefficient math),
+    formed in place: one new tensor and K + 1 passes over memory per step."""
+    dtype = x.dtype
+    x = x.to(_compute_dtype(dtype))
     stored = [] if history is None else list(reversed(history))[:ORDER]
     for i in range(start, n_steps):
         denoised, quantity = predict(x, i)
@@ -516,23 +533,25 @@ def _run(
                 f"the model returned shape {tuple(denoised.shape)} at step {i} (sigma = {levels[i]:.6g}); "
                 f"expected the state's shape {tuple(x.shape)}"
             )
+        if check_finite and not bool(torch.isfinite(denoised).all()):
+            raise ValueError(f"the model returned NaN or Inf at step {i} (sigma = {levels[i]:.6g})")
         stored.insert(0, quantity)
         del stored[ORDER:]
         if callback is not None:
-            callback(i, x, denoised)
+            callback(i, x.to(dtype), denoised)
         if finals[i]:
             x = denoised
             continue
         w = weights[i]
-        update = x * ratios[i]
+        update = torch.mul(x, ratios[i])
         for j in range(len(w)):
-            update = update + stored[j] * w[j]
+            update.add_(stored[j], alpha=w[j])
         if mu is not None and offsets[i] != 0:
-            update = update + mu * offsets[i]
+            update.add_(mu, alpha=offsets[i])
         if stds[i] > 0:
-            update = update + noise(i) * stds[i]
+            update.add_(noise(i), alpha=stds[i])
         x = update
-    return x
+    return x.to(dtype)
 
 
 @torch.no_grad()
@@ -547,6 +566,7 @@ def sample(
     noise_sampler=None,
     generator=None,
     history=None,
+    check_finite=False,
 ):
     """Sample by integrating the ER SDE from sigmas[0] to sigmas[-1] (k-diffusion / ComfyUI convention).
 
@@ -559,6 +579,10 @@ def sample(
     ``history`` (optional) is a list of m data predictions at sigmas[0], ..., sigmas[m-1], oldest first;
     ``x`` is then the state at sigmas[m] and sampling starts there with a full multistep history (used to
     measure the order of the method itself, free of the lower-order start).
+
+    ``check_finite=True`` raises ValueError naming the step and sigma when the model returns NaN or Inf (one
+    host-device synchronisation per step, hence opt-in). fp16 / bf16 states are carried in float32 and
+    returned in their own dtype.
     """
     extra_args = {} if extra_args is None else extra_args
     ratios, stds, weights, finals = coefficient_table(sigmas)
@@ -566,7 +590,7 @@ def sample(
     values = _float64(sigmas).tolist()
 
     def predict(y, i):
-        denoised = model(y, sigmas[i] * s_in, **extra_args)
+        denoised = model(y.to(x.dtype), sigmas[i] * s_in, **extra_args)
         return denoised, denoised
 
     def noise(i):
@@ -581,4 +605,18 @@ def sample(
             callback({"x": y, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
 
     start = 0 if history is None else len(history)
-    return _run(predict, x, len(ratios), ratios, weights, stds, finals, noise, report, history, start, values)
+    return _run(
+        predict,
+        x,
+        len(ratios),
+        ratios,
+        weights,
+        stds,
+        finals,
+        noise,
+        report,
+        history,
+        start,
+        values,
+        check_finite=check_finite,
+    )

@@ -35,7 +35,6 @@ def test_overhead_quick(tmp_path):
     data = json.loads(out.read_text())
     assert data["benchmark"] == "overhead" and data["quick"] is True
     assert data["machine"]["cpu_model"] and data["machine"]["torch_threads"] >= 1
-    assert data["proposal_check"] < 1e-12
     case = data["cases"][0]
     names = list(case["results"])
     assert any(n.startswith("ours order 3") for n in names)

@@ -118,6 +118,7 @@ BAD_INPUT = {
     ),
     "schedule_for_ersde": (["--order", "1", "--schedule", "linear"], 2, "--schedule"),
     "no_order_no_all": ([], 2, "--order"),
+    "all_with_spec_options": (["--all", "--order", "3", "--phi", "sde"], 2, "--all"),
     "unknown_option": (["--order", "1", "--bogus"], 2, "--bogus"),
     "out_is_a_file": (["--order", "1", "--phi", "sde", "--out", "a_file"], 2, "a_file"),
     # the parent of --out is a file: mkdir fails with NotADirectoryError
@@ -632,8 +633,8 @@ def test_model_returning_wrong_shape_raises_clear_error(case, final_zero):
 
 
 def test_model_returning_nan_propagates(module):
-    """Documents current behaviour: a NaN from the model propagates (element-wise) into the output; there is
-    no opt-in check that stops at the step and reports sigma (see the report)."""
+    """By default a NaN from the model propagates element-wise into the output (no per-step synchronisation)
+    and the other samples are untouched."""
     sigmas = torch.from_numpy(append_zero(karras_sigmas(10, 0.03, 80.0)))
     calls = []
 
@@ -655,6 +656,38 @@ def test_model_returning_nan_propagates(module):
         generator=torch.Generator().manual_seed(0),
     )
     assert torch.isnan(everything).all()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
+def test_check_finite_reports_step_and_sigma(module, bad):
+    """``check_finite=True``: the first non-finite model output stops sampling with a ValueError that names
+    the step and its sigma; no later model call is made."""
+    sigmas = torch.from_numpy(append_zero(karras_sigmas(10, 0.03, 80.0)))
+    calls = []
+
+    def model(x, sigma):
+        calls.append(float(sigma[0]))
+        out = model_in_dtype(x, sigma)
+        if len(calls) == 4:
+            out[2, 1] = bad
+        return out
+
+    with pytest.raises(ValueError, match=r"NaN or Inf at step 3 \(sigma = ") as info:
+        module.sample(
+            model, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0), check_finite=True
+        )
+    assert f"{float(sigmas[3]):.6g}" in str(info.value)
+    assert len(calls) == 4
+    # a finite run is unchanged by the check
+    a = module.sample(model_in_dtype, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0))
+    b = module.sample(
+        model_in_dtype,
+        start_state(6, smax=80.0),
+        sigmas,
+        generator=torch.Generator().manual_seed(0),
+        check_finite=True,
+    )
+    assert torch.equal(a, b)
 
 
 # ------------------------------------------------------------------------------------------------------------
