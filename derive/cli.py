@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from derive.errors import DeriveError, DriftError
+from derive.errors import DeriveError, DriftError, SpecError
 from derive.spec import CATALOGUE, DYNAMICS, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, PREDICTIONS, VARIABLES, Spec
 
 
@@ -20,8 +20,24 @@ def _fail(error: DeriveError) -> None:
     sys.exit(error.exit_code)
 
 
+#: subcommands defined in their own modules, imported only when used (``verify`` needs torch and scipy,
+#: which ``gen`` does not): name -> (module, attribute)
+_LAZY = {"verify": ("derive.verify.command", "verify"), "explain": ("derive.explain.command", "explain")}
+
+
 class _Group(click.Group):
     """Turns every DeriveError into one line on stderr and its exit code; never a traceback."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *_LAZY})
+
+    def get_command(self, ctx, name):
+        if name in _LAZY and name not in self.commands:
+            import importlib
+
+            module, attribute = _LAZY[name]
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
@@ -66,6 +82,14 @@ def gen(family, order, phi, method, dynamics, prediction, variable, schedule, al
     from derive.emit.write import diff_modules, module_path, write_modules
 
     if all_:
+        ctx = click.get_current_context()
+        given = [
+            f"--{name}"
+            for name in ("family", "order", "phi", "method", "dynamics", "prediction", "variable", "schedule")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise SpecError(f"--all regenerates the whole catalogue and takes no {', '.join(given)}")
         specs = list(CATALOGUE)
     else:
         if order is None:
@@ -118,17 +142,6 @@ def list_() -> None:
             spec.resolved_schedule or "-",
         )
     Console().print(table)
-
-
-def _register() -> None:
-    from derive.explain.command import explain
-    from derive.verify.command import verify
-
-    main.add_command(verify)
-    main.add_command(explain)
-
-
-_register()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -346,10 +346,9 @@ def _command_help() -> str:
     import click
 
     from derive.cli import main as group
-    from derive.explain.command import explain
 
-    commands = dict(group.commands)
-    commands.setdefault("explain", explain)
+    root = click.Context(group, info_name="derive")
+    commands = {name: group.get_command(root, name) for name in group.list_commands(root)}
     parts = ["## Commands", "The `derive` command line (`derive --help`, `derive COMMAND --help` or `-h`)."]
     for name in sorted(commands):
         command = commands[name]
