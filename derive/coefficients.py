@@ -32,6 +32,7 @@ import mpmath
 import numpy as np
 import sympy as sp
 
+from derive import cache
 from derive.quadrature import gauss_legendre
 from derive.symbolic.ersde import (
     ERSDEStep,
@@ -234,10 +235,12 @@ def _mp_functions(integrand: sp.Expr, prefactor: sp.Expr) -> tuple[Callable, Cal
 
 
 def _choose_quadrature(step: ERSDEStep, quantities: tuple[Quantity, ...]) -> tuple[int, float]:
-    """The smallest node count whose error is below TARGET for every quantity, plus a quarter as a margin."""
-    errors = [_quadrature_errors(q.integrand, q.prefactor) for q in quantities]
-    for index, count in enumerate(QUADRATURE_NODES):
-        worst = max(e[index] for e in errors)
+    """The smallest node count whose error is below TARGET for every quantity, plus a quarter as a margin.
+
+    Counts are tried in increasing order and larger rules are never built (the costly part is the 30-digit
+    reference values, computed once per quantity, and the mpmath roots of the larger rules)."""
+    for count in QUADRATURE_NODES:
+        worst = max(_quadrature_error(q.integrand, q.prefactor, count) for q in quantities)
         if worst <= TARGET:
             # the error is at rounding level here; the margin keeps the choice away from rounding noise
             margin = next(c for c in QUADRATURE_NODES if c >= count * 5 // 4)
@@ -246,24 +249,32 @@ def _choose_quadrature(step: ERSDEStep, quantities: tuple[Quantity, ...]) -> tup
 
 
 @functools.lru_cache(maxsize=None)
-def _quadrature_errors(integrand: sp.Expr, prefactor: sp.Expr) -> tuple[float, ...]:
-    """Max relative float64 error of the Gauss-Legendre rule, per node count, over the sampled steps."""
+def _quadrature_reference(integrand: sp.Expr, prefactor: sp.Expr):
+    """The sampled steps (a, b), their log lengths, the 30-digit reference values and float64 callables."""
     points = _points()
     a = np.array([p[0] for p in points])
     b = np.array([p[1] for p in points])
-    probe = Quantity("probe", "probe", prefactor, integrand, None)
-    exact = np.array([float(mp_quantity(probe, *p)) for p in points])
+    key = (sp.srepr(integrand), sp.srepr(prefactor), repr(points), f"{REFERENCE_DPS}/{REFERENCE_NODES}", mpmath.__version__)
+    values = cache.load("reference", key)
+    if not (isinstance(values, list) and len(values) == len(points) and all(isinstance(x, float) for x in values)):
+        probe = Quantity("probe", "probe", prefactor, integrand, None)
+        values = [float(mp_quantity(probe, *p)) for p in points]
+        cache.store("reference", key, values)
+    exact = np.array(values)
     f = sp.lambdify((sigma, v), integrand, "numpy")
     pre = sp.lambdify((sigma, sigma_next), prefactor, "numpy")
-    length = log_ratio(a, b)
-    out = []
-    for count in QUADRATURE_NODES:
-        x, w = (np.array(val) for val in gauss_legendre(count))
-        vv = -0.5 * length[:, None] * (1 - x[None, :])
-        with np.errstate(all="ignore"):
-            value = pre(a, b) * 0.5 * length * (f(a[:, None], vv) @ w)
-        out.append(float(np.max(np.abs(value - exact) / np.abs(exact))))
-    return tuple(out)
+    return a, b, log_ratio(a, b), exact, f, pre
+
+
+@functools.lru_cache(maxsize=None)
+def _quadrature_error(integrand: sp.Expr, prefactor: sp.Expr, count: int) -> float:
+    """Max relative float64 error of the ``count``-point Gauss-Legendre rule over the sampled steps."""
+    a, b, length, exact, f, pre = _quadrature_reference(integrand, prefactor)
+    x, w = (np.array(val) for val in gauss_legendre(count))
+    vv = -0.5 * length[:, None] * (1 - x[None, :])
+    with np.errstate(all="ignore"):
+        value = pre(a, b) * 0.5 * length * (f(a[:, None], vv) @ w)
+    return float(np.max(np.abs(value - exact) / np.abs(exact)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -17,17 +17,27 @@ def gauss_legendre(n: int, dps: int = 40) -> tuple[tuple[float, ...], tuple[floa
         raise ValueError("a Gauss-Legendre rule needs at least one node")
     with mpmath.workdps(dps):
         nodes, weights = [], []
-        for i in range(1, n + 1):
-            xk = mpmath.cos(mpmath.pi * (i - mpmath.mpf(1) / 4) / (n + mpmath.mpf(1) / 2))
-            for _ in range(100):
+        # the rule is symmetric: the roots in (0, 1) (and 0 for odd n) determine the rest
+        for i in range(1, n // 2 + n % 2 + 1):
+            middle = n % 2 and i == n // 2 + 1
+            xk = (
+                mpmath.mpf(0)
+                if middle
+                else mpmath.cos(mpmath.pi * (i - mpmath.mpf(1) / 4) / (n + mpmath.mpf(1) / 2))
+            )
+            for _ in range(0 if middle else 100):
                 p, dp = _legendre_and_derivative(n, xk)
                 step = p / dp
                 xk -= step
                 if abs(step) < mpmath.mpf(10) ** (-dps + 3):
                     break
             p, dp = _legendre_and_derivative(n, xk)
+            wk = 2 / ((1 - xk**2) * dp**2)
             nodes.append(xk)
-            weights.append(2 / ((1 - xk**2) * dp**2))
+            weights.append(wk)
+            if xk != 0:
+                nodes.append(-xk)
+                weights.append(wk)
         order = sorted(range(n), key=lambda j: nodes[j])
         return tuple(float(nodes[j]) for j in order), tuple(float(weights[j]) for j in order)
 

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import pathlib
+import tempfile
 
 import pytest
+
+# the derivation cache of this test session (shared by in-process and subprocess derive runs) lives in a fresh
+# temporary folder: tests neither read a user's cache nor write to it
+os.environ["DERIVE_CACHE_DIR"] = tempfile.mkdtemp(prefix="derive-test-cache-")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "generated"

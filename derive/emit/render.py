@@ -12,7 +12,6 @@ import subprocess
 import jinja2
 import sympy as sp
 
-from derive.errors import AdmissibilityError
 from derive.checks import generic_checks, interpolation_check, step_checks
 from derive.coefficients import (
     HISTORY_AMPLIFICATION_FACTOR,
@@ -22,14 +21,25 @@ from derive.coefficients import (
     plan_coefficients,
 )
 from derive.emit.printer import Polyval, Routine, make_routine
+from derive.errors import AdmissibilityError
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
 from derive.symbolic.ersde import ERSDEStep, derive_step, h, node_offset, s, sigma, sigma_next, v
 from derive.symbolic.expression import parse_expression
-from derive.symbolic.families import FAMILIES, derive_family, family_update, pure_noise_limits
+from derive.symbolic.families import (
+    FAMILIES,
+    alpha_next,
+    derive_family,
+    family_update,
+    pure_noise_limits,
+    ratio,
+    sigma_next_t,
+    std,
+    table_value,
+    weight_sum,
+)
 from derive.symbolic.families import alpha as fam_alpha
-from derive.symbolic.families import alpha_next, ratio, sigma_next_t, std, table_value, weight_sum
 from derive.symbolic.families import mu as fam_mu
 from derive.symbolic.families import sigma_t as fam_sigma
 from derive.symbolic.families import t as family_t

@@ -192,6 +192,11 @@ def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
 
     import time
 
+    from derive import cache
+
+    key = (sp.srepr(expr), repr(timeout), sp.__version__)
+    if cache.load("no-antiderivative", key) is True:
+        return None
     use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
     if use_alarm:
         outer, _ = signal.getitimer(signal.ITIMER_VIRTUAL)  # an enclosing time limit keeps running
@@ -204,6 +209,7 @@ def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
     try:
         result = sp.integrate(expr, s)
     except _Timeout:
+        cache.store("no-antiderivative", key, True)
         return None
     finally:
         if use_alarm:
@@ -213,6 +219,7 @@ def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
                 signal.setitimer(signal.ITIMER_VIRTUAL, max(outer - (time.monotonic() - started), 1e-3))
     # a timeout raised inside a callback that swallows exceptions (a gc callback, say) still counts
     if fired or result.has(sp.Integral):
+        cache.store("no-antiderivative", key, True)
         return None
     return result
 
