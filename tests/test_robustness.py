@@ -377,9 +377,9 @@ def start_state(batch=64, smax=SMAX, seed=0):
 
 
 #: max |x - x_64| / max |x_64| per state dtype, for every state of a 50-step run from 1e4 to 1e-4 (then 0).
-#: Measured over all states: fp32 12.8 eps (1.5e-6, flow_order2_ode), fp16 6.2 eps (6e-3), bf16 5.5 eps
-#: (4.3e-2). Allowance: 25 eps (fp32), 12 eps (fp16, bf16).
-STATE_TOL = {torch.float32: 3e-6, torch.float16: 1.2e-2, torch.bfloat16: 1e-1}
+#: Measured over all states: fp32 11.6 eps (1.4e-6, flow_order2_ode), fp16 2.0 eps (2.0e-3), bf16 1.5 eps
+#: (1.2e-2; fp16 / bf16 states are carried in float32 between steps). Allowance: 25 eps (fp32), 6 eps (fp16, bf16).
+STATE_TOL = {torch.float32: 3e-6, torch.float16: 6e-3, torch.bfloat16: 4.7e-2}
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
