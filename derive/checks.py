@@ -15,7 +15,7 @@ import sympy as sp
 
 from derive.errors import DerivationError
 from derive.symbolic.ersde import ERSDEStep, drift_and_diffusion, phi_generic, s, sigma, sigma_next
-from derive.symbolic.interpolation import derivative_weights, offset_symbols
+from derive.symbolic.interpolation import corrector_derivative_weights, derivative_weights, next_offset, offset_symbols
 
 CHECK_DPS = 50
 
@@ -118,22 +118,28 @@ def step_checks(step: ERSDEStep, closed_weights: dict[int, sp.Expr], reference) 
 
 
 @functools.lru_cache(maxsize=None)
-def interpolation_check(k: int) -> Check:
-    """D is exact on polynomials of degree < k, with exact rational offsets (two random sets)."""
-    D = derivative_weights(k)
-    deltas = offset_symbols(k)
+def interpolation_check(k: int, corrector: bool = False) -> Check:
+    """D (or the corrector's D') is exact on polynomials of degree < k (<= k), with exact rational offsets."""
+    D = corrector_derivative_weights(k) if corrector else derivative_weights(k)
+    deltas = (next_offset, *offset_symbols(k)) if corrector else offset_symbols(k)
+    size = len(D)
     rng = random.Random(k)
     for _ in range(2):
         values = sorted({sp.Rational(rng.randint(1, 997), rng.randint(1, 97)) for _ in range(k - 1)})
         while len(values) < k - 1:
             values.append(values[-1] + 1 if values else sp.Integer(1))
-        subs = dict(zip(deltas, values))
         nodes = [sp.Integer(0), *values]
-        for n in range(k):
-            for p in range(k):
-                got = sum(D[n][j].subs(subs) * nodes[j] ** p for j in range(k))
+        if corrector:  # the new point lies on the other side of u_i, a random fraction of the last step away
+            nodes.insert(0, -sp.Rational(rng.randint(1, 997), rng.randint(1, 97)))
+        subs = dict(zip(deltas, [nodes[0], *values] if corrector else values))
+        for n in range(size):
+            for p in range(size):
+                got = sum(D[n][j].subs(subs) * nodes[j] ** p for j in range(size))
                 want = sp.factorial(p) if p == n else 0
-                _require(got == want, f"interpolation derivative D[{n}] (k={k})", f"x^{p} gives {got}, want {want}")
+                name = "corrector" if corrector else "interpolation"
+                _require(got == want, f"{name} derivative D[{n}] (k={k})", f"x^{p} gives {got}, want {want}")
+    if corrector:
+        return Check(f"corrector k={k}", f"D'_n through the new point is exact for x^p, p <= {k}", "symbolic (exact rationals)", "0")
     return Check(f"interpolation k={k}", f"D_n is exact for x^p, p < {k}", "symbolic (exact rationals)", "0")
 
 
@@ -150,7 +156,14 @@ class OrderConditions:
 
 
 def order_conditions(
-    step: ERSDEStep, order: int, form: str, offsets: list, h: float, dps: int = 60, variable: str = "s"
+    step: ERSDEStep,
+    order: int,
+    form: str,
+    offsets: list,
+    h: float,
+    dps: int = 60,
+    variable: str = "s",
+    corrector: bool = False,
 ) -> OrderConditions:
     """Check that the K-step update integrates (x - s_i)^p exactly for p < K, and not for p = K, at ``dps`` digits.
 
@@ -159,11 +172,16 @@ def order_conditions(
     weights are sum_n c_n D_nj with D from :func:`derivative_weights` (exact rationals) and c_n from a
     Gauss-Legendre rule at ``dps`` digits; the exact value is the integral of the monomial against the form's
     density. Returns the relative residuals and the leading local error constant residual_K / h^(K+1).
+
+    ``corrector``: the corrector of the predictor-corrector method instead, with K + 1 nodes (the new point
+    u_{i+1} first) and weights c_0 .. c_K: exact for p <= K, not for p = K + 1; residuals p = 0 .. K + 1 and
+    the constant residual_{K+1} / h^(K+2).
     """
     from derive.coefficients import _mp_rule, weight_quantity
 
-    D = derivative_weights(order)
-    deltas = offset_symbols(order)
+    size = order + 1 if corrector else order
+    D = corrector_derivative_weights(order) if corrector else derivative_weights(order)
+    deltas = (next_offset, *offset_symbols(order)) if corrector else offset_symbols(order)
     nodes, weights = _mp_rule(128, dps)
     with mpmath.workdps(dps):
         a = mpmath.mpf(1)
@@ -180,15 +198,18 @@ def order_conditions(
             terms = (w * f * (mpmath.expm1(vv) if variable == "s" else -vv) ** p for w, f, vv in zip(weights, values, v_nodes))
             return prefactor * half * mpmath.fsum(terms)
 
-        c = [integral(n) / mpmath.factorial(n) for n in range(order)]
-        subs = {d: sp.Float(o, dps) for d, o in zip(deltas, offsets)}
-        matrix = [[mpmath.mpf(str(sp.N(D[n][j].subs(subs), dps))) for j in range(order)] for n in range(order)]
-        w = [mpmath.fsum(c[n] * matrix[n][j] for n in range(order)) for j in range(order)]
-        points = [mpmath.mpf(0)] + [mpmath.mpf(o) for o in offsets]
+        points = [mpmath.mpf(o) for o in offsets]
+        if corrector:  # u_{i+1} - u_i: -h in s, log(s_i / s_{i+1}) in lambda = -log s
+            points.insert(0, -mpmath.mpf(h) if variable == "s" else mpmath.log(a / b))
+        c = [integral(n) / mpmath.factorial(n) for n in range(size)]
+        subs = {d: sp.Float(o, dps) for d, o in zip(deltas, [points[0], *points[1:]] if corrector else points)}
+        matrix = [[mpmath.mpf(str(sp.N(D[n][j].subs(subs), dps))) for j in range(size)] for n in range(size)]
+        w = [mpmath.fsum(c[n] * matrix[n][j] for n in range(size)) for j in range(size)]
+        points = [points[0], mpmath.mpf(0), *points[1:]] if corrector else [mpmath.mpf(0), *points]
         residuals = []
-        for p in range(order + 1):
+        for p in range(size + 1):
             exact = integral(p)
-            got = mpmath.fsum(w[j] * points[j] ** p for j in range(order))
+            got = mpmath.fsum(w[j] * points[j] ** p for j in range(size))
             residuals.append(float((got - exact) / abs(exact)) if exact != 0 else float(got))
-        leading = float((mpmath.fsum(w[j] * points[j] ** order for j in range(order)) - integral(order)) / mpmath.mpf(h) ** (order + 1))
+        leading = float((mpmath.fsum(w[j] * points[j] ** size for j in range(size)) - integral(size)) / mpmath.mpf(h) ** (size + 1))
     return OrderConditions(tuple(residuals), leading)

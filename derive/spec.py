@@ -13,7 +13,9 @@ from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
 
 #: ``ersde`` works directly in normalized coordinates (k-diffusion convention); the others are processes.
 FAMILIES = ("ersde", *PROCESS_FAMILIES)
-METHODS = ("taylor",)
+#: taylor: the prediction's Taylor polynomial from the interpolating polynomial's derivatives; pc: the same
+#: predictor plus a corrector through the output at the predicted point (order K + 1, no extra model call)
+METHODS = ("taylor", "pc")
 DYNAMICS = ("ode", "sde", "er")
 PREDICTIONS = ("data", "noise", "velocity")
 MAX_ORDER = 8
@@ -54,6 +56,8 @@ class Spec:
             raise SpecError(f"order must be between 1 and {MAX_ORDER}, got {self.order}")
         if self.method not in METHODS:
             raise SpecError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.method == "pc" and self.family != "ersde":
+            raise SpecError("--method pc is implemented for family ersde only (sample in normalized coordinates)")
         if not isinstance(self.phi, str) or not self.phi.strip():
             raise SpecError("phi must be a preset name or an expression in s")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.phi):
@@ -114,6 +118,11 @@ class Spec:
     def form(self) -> str:
         """The update form: ``noise`` expands eps, ``data`` expands x0 (velocity is converted to data)."""
         return "noise" if self.resolved_prediction == "noise" else "data"
+
+    @property
+    def method_order(self) -> int:
+        """The order of the method: K, or K + 1 for the predictor-corrector."""
+        return self.order + 1 if self.method == "pc" else self.order
 
     @property
     def resolved_dynamics(self) -> str:
@@ -189,6 +198,10 @@ CATALOGUE: tuple[Spec, ...] = (
     # higher orders, and the expansion in lambda (DPM-Solver's variable) next to s
     *(Spec("ersde", k, "ode") for k in (4, 5, 6)),
     *(Spec("ersde", k, "ode", variable="lambda") for k in (2, 3, 4)),
+    # predictor-corrector (order K + 1 with K stored outputs, one model call per step)
+    *(Spec("ersde", k, "ode", method="pc") for k in (1, 2, 3)),
+    *(Spec("ersde", k, "ode", method="pc", variable="lambda") for k in (1, 2, 3)),
+    *(Spec("ersde", k, "default", method="pc") for k in (1, 2, 3)),
     *_family_catalogue(),
     # discrete training tables: DDPM alphas_cumprod, IR-SDE theta_bar
     Spec("vpsde", 2, dynamics="ode", schedule="discrete"),

@@ -48,6 +48,9 @@ FORM = "data"
 WEIGHT_SIGN = 1.0
 SPEC = {"family": "ersde", "method": "taylor", "order": 1, "phi": "s"}
 SPEC_HASH = "7f15070fd721687f"
+METHOD = "taylor"
+#: the convergence order of the method (ORDER)
+METHOD_ORDER = 1
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01

@@ -53,6 +53,9 @@ FORM = "data"
 WEIGHT_SIGN = 1.0
 SPEC = {"family": "ersde", "method": "taylor", "order": 4, "phi": "s*(exp(s**0.3) + 10)"}
 SPEC_HASH = "7ef4a99eca3ce357"
+METHOD = "taylor"
+#: the convergence order of the method (ORDER)
+METHOD_ORDER = 4
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01

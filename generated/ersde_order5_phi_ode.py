@@ -54,6 +54,9 @@ FORM = "data"
 WEIGHT_SIGN = 1.0
 SPEC = {"family": "ersde", "method": "taylor", "order": 5, "phi": "s"}
 SPEC_HASH = "db9a951844bf1d04"
+METHOD = "taylor"
+#: the convergence order of the method (ORDER)
+METHOD_ORDER = 5
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01

@@ -55,6 +55,9 @@ FORM = "data"
 WEIGHT_SIGN = 1.0
 SPEC = {"family": "ersde", "method": "taylor", "order": 6, "phi": "s"}
 SPEC_HASH = "c2e667b95e0d69cb"
+METHOD = "taylor"
+#: the convergence order of the method (ORDER)
+METHOD_ORDER = 6
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01

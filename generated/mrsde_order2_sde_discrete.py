@@ -63,6 +63,9 @@ SPEC = {
     "schedule": "discrete",
 }
 SPEC_HASH = "0c8aee221bc326b0"
+METHOD = "taylor"
+#: the convergence order of the method (ORDER)
+METHOD_ORDER = 2
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01

@@ -64,6 +64,9 @@ SPEC = {
     "schedule": "constant",
 }
 SPEC_HASH = "74032245e4a3fd30"
+METHOD = "taylor"
+#: the convergence order of the method (ORDER)
+METHOD_ORDER = 3
 #: history steps shorter than this fraction of the current step restart the multistep history (a multistep
 #: extrapolation over more than 100 times its node spacing amplifies rounding and noise)
 HISTORY_STEP_RATIO = 0.01

@@ -35,3 +35,7 @@ def test_update_is_exact_below_its_order_and_not_at_it(name):
         result = order_conditions(step, order, form, offsets, h, variable=variable)
         assert result.holds(order), (name, result.residuals)
         assert abs(result.leading_constant) > 0
+        if entry["method"] == "pc":  # the corrector, through the new point as well: one degree more
+            result = order_conditions(step, order, form, offsets, h, variable=variable, corrector=True)
+            assert result.holds(order + 1), (name, result.residuals)
+            assert abs(result.leading_constant) > 0

@@ -136,7 +136,7 @@ def _convergence_errors(module, exact_state, denoiser_np, y0, smax, smin, steps)
 
 
 def _check_orders(module, method_fit, as_used_fit, record_property):
-    order = module.ORDER
+    order = module.METHOD_ORDER  # K, or K + 1 for a predictor-corrector
     record_property("method_order", round(method_fit.order, 3))
     record_property("as_used_order", round(as_used_fit.order, 3))
     print(f"\norder {order}: method {method_fit}\n          as used {as_used_fit}")
@@ -190,6 +190,9 @@ def test_ode_convergence_order_on_gaussian_mixture(name, record_property):
 # ------------------------------------------------------------------------------------------------
 
 GAUSS = GaussianData(mean=[0.5, -1.0, 2.0], var=[0.3, 2.0, 0.05])
+#: predictor-corrector modules: K = 2 is pre-asymptotic up to N = 128 on this problem (local orders 1.38 2.41
+#: 2.78 2.90 2.96 from N = 32 to 1024), so its fit starts at N = 64
+PC_STEPS = (64, 128, 256, 512, 1024)
 
 
 @pytest.mark.parametrize("name", ODE_MODULES)
@@ -208,7 +211,7 @@ def test_ode_convergence_order_on_gaussian_exact_flow(name, record_property):
         return GAUSS.exact_flow(y0, smax, float(log_uniform_sigmas(n, smin, smax)[j]))
 
     method_fit, as_used_fit = _convergence_errors(
-        module, exact_state, GAUSS.denoiser_np, y0, smax, smin, CONV_STEPS[1:]
+        module, exact_state, GAUSS.denoiser_np, y0, smax, smin, PC_STEPS if module.METHOD == "pc" else CONV_STEPS[1:]
     )
     _check_orders(module, method_fit, as_used_fit, record_property)
 
@@ -219,6 +222,8 @@ def test_history_restart_reproduces_the_plain_run(generated_module):
     a bitwise-identical result, for every m from 1 to ORDER + 1 (more than ORDER: only the last ORDER count).
     The noise is fixed per sigma, so SDE modules are compared on the same path."""
     module = generated_module
+    if module.METHOD == "pc":
+        pytest.skip("a corrected run's state at sigmas[m] is not where its stored output was evaluated (y^p)")
     sigmas = torch.from_numpy(append_zero(karras_sigmas(10, 0.1, 30.0)))
     gen = torch.Generator().manual_seed(5)
     noise_at = {float(s): torch.randn(6, 3, generator=gen, dtype=torch.float64) for s in sigmas[:-1]}

@@ -44,7 +44,13 @@ from derive.symbolic.families import mu as fam_mu
 from derive.symbolic.families import sigma_t as fam_sigma
 from derive.symbolic.families import t as family_t
 from derive.symbolic.families import x as fam_x
-from derive.symbolic.interpolation import adams_bashforth_lebesgue, derivative_weights, offset_symbols
+from derive.symbolic.interpolation import (
+    adams_bashforth_lebesgue,
+    corrector_derivative_weights,
+    derivative_weights,
+    next_offset,
+    offset_symbols,
+)
 
 output_symbol = sp.Symbol("output", real=True)
 
@@ -120,13 +126,16 @@ def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     check_phi(phi, s)
     step = derive_step(phi)
     generic_checks()
-    plan = plan_coefficients(step, spec.order, spec.form, spec.variable)
+    # the corrector integrates one degree more: it needs c_0 .. c_K
+    plan = plan_coefficients(step, spec.order + (spec.method == "pc"), spec.form, spec.variable)
     closed = {
         int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data" and spec.variable == "s"
     }
     step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
     for k in range(1, spec.order + 1):
         interpolation_check(k)
+        if spec.method == "pc":
+            interpolation_check(k, corrector=True)
     return step, plan
 
 
@@ -200,6 +209,29 @@ def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
     return routines, weight_calls, variance_call, derivative_routines
 
 
+def _corrector_routines(spec: Spec) -> tuple[list[Routine], list[tuple[int, str]]]:
+    """The corrector's derivative matrices D' for 1 .. K stored outputs plus the new one (pc only)."""
+    routines, names = [], []
+    if spec.method != "pc":
+        return routines, names
+    for k in range(1, spec.order + 1):
+        D = corrector_derivative_weights(k)
+        name = f"_corrector_weights_{k}"
+        routines.append(
+            make_routine(
+                name,
+                [next_offset, *offset_symbols(k)],
+                [D[n][j] for n in range(k + 1) for j in range(k + 1)],
+                f"Row n: n-th derivative at u_i of the polynomial through the new output and {k} stored ones; "
+                "delta_next = u_(i+1) - u_i.",
+                prefix="d",
+                row_length=k + 1,
+            )
+        )
+        names.append((k, name))
+    return routines, names
+
+
 def _evaluation_notes(plan: CoefficientPlan) -> list[str]:
     notes = []
     for q in plan.quantities:
@@ -225,6 +257,8 @@ def render(spec: Spec) -> str:
     """The text of the generated module for ``spec`` (formatted)."""
     step, plan = derive_spec(spec)
     routines, weight_calls, variance_call, derivative_routines = _routines(spec, step, plan)
+    extra, corrector_routines = _corrector_routines(spec)
+    routines.extend(extra)
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     spec_dict = spec.as_dict()
     context = {
@@ -255,9 +289,14 @@ def render(spec: Spec) -> str:
         "variance_call": variance_call,
         "any_series": any(q.series for q in plan.quantities),
         "derivative_routines": derivative_routines,
+        "corrector_routines": corrector_routines,
+        "method": spec.method,
+        "method_order": spec.method_order,
+        # outputs kept: the predictor's K, and with a corrector the new one on top
+        "history_length": spec.order + (spec.method == "pc"),
         "amplification_limits": [
             (k, repr(float(HISTORY_AMPLIFICATION_FACTOR * adams_bashforth_lebesgue(k))))
-            for k in range(2, spec.order + 1)
+            for k in range(2, spec.order + 1 + (spec.method == "pc"))
         ],
         "amplification_factor": HISTORY_AMPLIFICATION_FACTOR,
     }
@@ -275,6 +314,11 @@ def _title(spec: Spec) -> str:
         where = "normalized coordinates"
     else:
         where = FAMILIES[spec.family].title
+    if spec.method == "pc":
+        return (
+            f"{dynamics} predictor-corrector of order {spec.method_order} (predictor of order {spec.order}) for the {where} "
+            f"({spec.resolved_prediction} prediction; multistep, one model call per step)."
+        )
     return f"{dynamics} solver of order {spec.order} for the {where} ({spec.resolved_prediction} prediction; multistep, one model call per step)."
 
 

@@ -46,6 +46,11 @@ def _check(module: types.ModuleType, origin: str) -> types.ModuleType:
         raise ValueError(f"{origin} is not a generated sampler module (missing {', '.join(missing)})")
     if module.FORM not in ("data", "noise"):
         raise ValueError(f"{origin}: unknown FORM {module.FORM!r}")
+    if getattr(module, "METHOD", "taylor") == "pc":
+        raise ValueError(
+            f"{origin} is a predictor-corrector: its corrector updates the state after each model call, which "
+            "the integrations' per-step tables do not express; use its own sample()"
+        )
     return module
 
 

@@ -25,18 +25,38 @@ def offset_symbols(k: int) -> tuple[sp.Symbol, ...]:
     return tuple(sp.Symbol(f"delta{j}", positive=True) for j in range(1, k))
 
 
-@functools.lru_cache(maxsize=None)
-def derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
-    """The matrix D (k x k): row n gives the n-th derivative at s_i from the outputs at s_i, s_{i-1}, ...."""
-    deltas = (sp.Integer(0), *offset_symbols(k))
+def _lagrange_derivatives(nodes: tuple[sp.Expr, ...]) -> tuple[tuple[sp.Expr, ...], ...]:
+    """D_nj = n! [x^n] l_j(x) for the Lagrange basis l_j on ``nodes``: P^(n)(0) = sum_j D_nj P(nodes[j])."""
+    k = len(nodes)
     rows = [[sp.Integer(0)] * k for _ in range(k)]
     for j in range(k):
-        numerator = sp.Poly(sp.prod([x - deltas[m] for m in range(k) if m != j]), x)
-        denominator = sp.prod([deltas[j] - deltas[m] for m in range(k) if m != j])
+        numerator = sp.Poly(sp.prod([x - nodes[m] for m in range(k) if m != j]), x)
+        denominator = sp.prod([nodes[j] - nodes[m] for m in range(k) if m != j])
         for n in range(k):
             coeff = numerator.coeff_monomial(x**n)
             rows[n][j] = sp.factor(sp.factorial(n) * coeff / denominator)
     return tuple(tuple(row) for row in rows)
+
+
+@functools.lru_cache(maxsize=None)
+def derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
+    """The matrix D (k x k): row n gives the n-th derivative at s_i from the outputs at s_i, s_{i-1}, ...."""
+    return _lagrange_derivatives((sp.Integer(0), *offset_symbols(k)))
+
+
+#: u_{i+1} - u_i: the offset of the new point, where the predictor's state gives the next model output
+next_offset = sp.Symbol("delta_next", real=True)
+
+
+@functools.lru_cache(maxsize=None)
+def corrector_derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
+    r"""The matrix D' ((k+1) x (k+1)) of the corrector: derivatives at u_i of the polynomial through k + 1 outputs.
+
+    Nodes, newest first: :math:`\delta_{next} = u_{i+1} - u_i` (the output at the predicted state), 0 (u_i),
+    :math:`\delta_1, \dots, \delta_{k-1}`. Exact for every polynomial of degree <= k, so an update
+    :math:`\sum_{n \le k} c_n D'_n` integrates one degree more than the k-output predictor.
+    """
+    return _lagrange_derivatives((next_offset, sp.Integer(0), *offset_symbols(k)))
 
 
 @functools.lru_cache(maxsize=None)

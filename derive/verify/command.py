@@ -262,7 +262,7 @@ def _table(reports, settings):
 
 def _caption(reports, settings) -> str:
     claims = (
-        f"claims: method K (-{tolerances.ODE_ORDER_TOL}), strong min(K,1) (-{tolerances.STRONG_ORDER_TOL}), "
+        f"claims: method K, K+1 for pc (-{tolerances.ODE_ORDER_TOL}), strong min(K,1) (-{tolerances.STRONG_ORDER_TOL}), "
         f"weak min(K,2) (-{tolerances.WEAK_ORDER_TOL}); as-used and warm-up orders: reported, not checked"
     )
     setup = (

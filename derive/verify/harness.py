@@ -808,7 +808,7 @@ def deterministic_studies(
     what = "probability-flow ODE" if kind == "ode" else "drift ODE (noise off)"
     studies = []
     for v in variants:
-        claim = tolerances.claimed_method_order(K) if v == "method" else None
+        claim = tolerances.claimed_method_order(getattr(module, "METHOD_ORDER", K)) if v == "method" else None
         studies.append(
             make_study(
                 v,

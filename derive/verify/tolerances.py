@@ -42,7 +42,8 @@ DOP853_REFERENCE_FLOOR = 1e-13
 
 
 def claimed_method_order(order: int) -> float:
-    """Order of the deterministic part with exact starting values."""
+    """Order of the deterministic part with exact starting values (pass the module's METHOD_ORDER: K, or K + 1
+    for a predictor-corrector)."""
     return float(order)
 
 
