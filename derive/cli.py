@@ -67,10 +67,10 @@ def main() -> None:
     show_default=True,
     help=f"Noise-scale function phi(s): a preset ({', '.join(PHI_PRESETS)}) or an expression in s.",
 )
-@click.option("--method", type=click.Choice(METHODS), default="taylor", show_default=True, help="Expansion method.")
+@click.option("--method", type=click.Choice(METHODS), default="taylor", show_default=True, help="taylor (interpolated derivatives), adams (integrated Lagrange basis, same weights) or pc (corrector: order K + 1).")
 @click.option("--dynamics", type=click.Choice(DYNAMICS), default=None, help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only.")
 @click.option("--prediction", type=click.Choice(PREDICTIONS), default=None, help="What the model predicts; selects the update form (default: the family's usual one).")
-@click.option("--variable", type=click.Choice(VARIABLES), default="s", show_default=True, help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma).")
+@click.option("--variable", type=click.Choice(VARIABLES), default="s", show_default=True, help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma) (t, the family's own time, is refused with the reason).")
 @click.option("--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde).")
 @click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules.")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation.")

@@ -94,6 +94,8 @@ class CoefficientPlan:
     noise_variance: Quantity
     quadrature_nodes: int
     quadrature_error: float
+    #: the Adams method integrates the Lagrange basis with the quadrature rule (sized for every c_n integrand)
+    direct: bool = False
 
     @property
     def quantities(self) -> tuple[Quantity, ...]:
@@ -101,7 +103,7 @@ class CoefficientPlan:
 
     @property
     def uses_quadrature(self) -> bool:
-        return any(q.kind == "quadrature" for q in self.quantities)
+        return self.direct or any(q.kind == "quadrature" for q in self.quantities)
 
 
 def weight_quantity(step: ERSDEStep, n: int, form: str = "data", closed: bool = True, variable: str = "s") -> Quantity:
@@ -153,7 +155,12 @@ def variance_quantity(step: ERSDEStep, form: str = "data") -> Quantity:
     )
 
 
-def plan_coefficients(step: ERSDEStep, order: int, form: str = "data", variable: str = "s") -> CoefficientPlan:
+def plan_coefficients(
+    step: ERSDEStep, order: int, form: str = "data", variable: str = "s", direct: bool = False
+) -> CoefficientPlan:
+    """How each coefficient is evaluated. ``direct`` (the Adams method): the module also integrates the
+    Lagrange basis polynomials by quadrature, so the rule is sized for every c_n integrand, n < order (the
+    basis polynomials are combinations of them)."""
     weights = []
     closed_available = True
     for n in range(order):
@@ -166,8 +173,10 @@ def plan_coefficients(step: ERSDEStep, order: int, form: str = "data", variable:
         weights.append(_plan_closed(step, quantity))
     variance = _plan_closed(step, variance_quantity(step, form), allow_series=False)
     need = tuple(q for q in (*weights, variance) if q.kind == "quadrature" and not _is_zero(q))
+    if direct:
+        need += tuple(weight_quantity_quadrature_only(step, n, form, variable) for n in range(order))
     nodes, error = _choose_quadrature(step, need) if need else (0, 0.0)
-    return CoefficientPlan(step, order, tuple(weights), variance, nodes, error)
+    return CoefficientPlan(step, order, tuple(weights), variance, nodes, error, direct)
 
 
 def weight_quantity_quadrature_only(step: ERSDEStep, n: int, form: str = "data", variable: str = "s") -> Quantity:

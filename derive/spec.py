@@ -14,12 +14,21 @@ from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
 #: ``ersde`` works directly in normalized coordinates (k-diffusion convention); the others are processes.
 FAMILIES = ("ersde", *PROCESS_FAMILIES)
 #: taylor: the prediction's Taylor polynomial from the interpolating polynomial's derivatives; pc: the same
-#: predictor plus a corrector through the output at the predicted point (order K + 1, no extra model call)
-METHODS = ("taylor", "pc")
+#: predictor plus a corrector through the output at the predicted point (order K + 1, no extra model call);
+#: adams: the Lagrange basis through the last K outputs integrated directly against the step's density (DEIS-type)
+METHODS = ("taylor", "adams", "pc")
 DYNAMICS = ("ode", "sde", "er")
 PREDICTIONS = ("data", "noise", "velocity")
 MAX_ORDER = 8
-VARIABLES = ("s", "lambda")
+VARIABLES = ("s", "lambda", "t")
+#: Why the expansion in the family's own time t is refused, per family. The interpolating polynomial is
+#: invariant under affine changes of its variable, so where t is affine in s or lambda the method would be
+#: identical; elsewhere t(s), the inverse of the schedule, would enter every weight integral.
+_TIME_VARIABLE = {
+    "ersde": "family ersde has no time of its own (it works in s = sigma/alpha); use --variable s or lambda",
+    "edm": "in family edm t = sigma = s, so the expansion in t is --variable s",
+    "vesde": "vesde's geometric sigma(t) makes t affine in lambda = -log s, so the expansion in t is --variable lambda",
+}
 
 #: Named noise-scale functions. ``default`` is the ER-SDE-Solver paper's recommended choice.
 PHI_PRESETS = PRESETS
@@ -64,6 +73,13 @@ class Spec:
             raise SpecError("phi must be one line of printable text (found a control character)")
         if self.variable not in VARIABLES:
             raise SpecError(f"unknown expansion variable {self.variable!r}; choose one of: {', '.join(VARIABLES)}")
+        if self.variable == "t":
+            reason = _TIME_VARIABLE.get(
+                self.family,
+                f"is not implemented for family {self.family}: t(s), the inverse of its schedule, would enter every "
+                "weight integral; use --variable s or lambda",
+            )
+            raise SpecError(f"--variable t {reason}" if reason.startswith("is ") else f"--variable t: {reason}")
         if self.dynamics is not None and self.dynamics not in DYNAMICS:
             raise SpecError(f"unknown dynamics {self.dynamics!r}; choose one of: {', '.join(DYNAMICS)}")
         if self.prediction is not None and self.prediction not in PREDICTIONS:
@@ -202,6 +218,10 @@ CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "ode", method="pc") for k in (1, 2, 3)),
     *(Spec("ersde", k, "ode", method="pc", variable="lambda") for k in (1, 2, 3)),
     *(Spec("ersde", k, "default", method="pc") for k in (1, 2, 3)),
+    # Adams form: the Lagrange basis integrated per stored output (equal to Taylor in exact arithmetic)
+    *(Spec("ersde", k, "ode", method="adams") for k in (2, 3, 4)),
+    Spec("ersde", 3, "ode", method="adams", variable="lambda"),
+    Spec("ersde", 3, "default", method="adams"),
     *_family_catalogue(),
     # discrete training tables: DDPM alphas_cumprod, IR-SDE theta_bar
     Spec("vpsde", 2, dynamics="ode", schedule="discrete"),

@@ -12,7 +12,7 @@ import subprocess
 import jinja2
 import sympy as sp
 
-from derive.checks import generic_checks, interpolation_check, step_checks
+from derive.checks import adams_identity_check, generic_checks, interpolation_check, step_checks
 from derive.coefficients import (
     HISTORY_AMPLIFICATION_FACTOR,
     CoefficientPlan,
@@ -25,7 +25,7 @@ from derive.errors import AdmissibilityError
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
-from derive.symbolic.ersde import ERSDEStep, derive_step, h, node_offset, s, sigma, sigma_next, v
+from derive.symbolic.ersde import ERSDEStep, derive_step, expansion_factor, h, node_offset, s, sigma, sigma_next, v
 from derive.symbolic.expression import parse_expression
 from derive.symbolic.families import (
     FAMILIES,
@@ -48,6 +48,7 @@ from derive.symbolic.interpolation import (
     adams_bashforth_lebesgue,
     corrector_derivative_weights,
     derivative_weights,
+    lagrange_basis,
     next_offset,
     offset_symbols,
 )
@@ -127,7 +128,7 @@ def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     step = derive_step(phi)
     generic_checks()
     # the corrector integrates one degree more: it needs c_0 .. c_K
-    plan = plan_coefficients(step, spec.order + (spec.method == "pc"), spec.form, spec.variable)
+    plan = plan_coefficients(step, spec.order + (spec.method == "pc"), spec.form, spec.variable, direct=spec.method == "adams")
     closed = {
         int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data" and spec.variable == "s"
     }
@@ -136,6 +137,8 @@ def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
         interpolation_check(k)
         if spec.method == "pc":
             interpolation_check(k, corrector=True)
+        if spec.method == "adams":
+            adams_identity_check(step, k, spec.form, spec.variable)
     return step, plan
 
 
@@ -209,6 +212,37 @@ def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
     return routines, weight_calls, variance_call, derivative_routines
 
 
+def _adams_routines(spec: Spec, step: ERSDEStep) -> tuple[list[Routine], list[tuple[int, str]]]:
+    """Density, prefactor, expansion offset and Lagrange bases 1 .. K of the direct (Adams) weights."""
+    if spec.method != "adams":
+        return [], []
+    from derive.coefficients import weight_quantity
+    from derive.symbolic.interpolation import x as basis_x
+
+    q = weight_quantity(step, 0, spec.form, closed=False, variable=spec.variable)
+    routines = [
+        make_routine("_adams_density", [sigma, v], [q.integrand], "The weight density in v = log(s / sigma) (ds = s dv included).", tensor_like="v"),
+        make_routine("_adams_prefactor", [sigma, sigma_next], [q.prefactor], "Factor in front of the weight integrals.", tensor_like="sigma"),
+        make_routine("_expansion_offset", [sigma, v], [expansion_factor(1, spec.variable)], "u(s) - u_i at s = sigma e^v.", tensor_like="v"),
+    ]
+    names = []
+    for k in range(1, spec.order + 1):
+        name = f"_lagrange_basis_{k}"
+        routines.append(
+            make_routine(
+                name,
+                [basis_x, *offset_symbols(k)],
+                list(lagrange_basis(k)),
+                f"l_j(x), j < {k}: the Lagrange basis on the nodes {', '.join(['0', *map(str, offset_symbols(k))])} (x = u - u_i).",
+                prefix="b",
+                row_length=k,
+                tensor_like="x",
+            )
+        )
+        names.append((k, name))
+    return routines, names
+
+
 def _corrector_routines(spec: Spec) -> tuple[list[Routine], list[tuple[int, str]]]:
     """The corrector's derivative matrices D' for 1 .. K stored outputs plus the new one (pc only)."""
     routines, names = [], []
@@ -259,6 +293,8 @@ def render(spec: Spec) -> str:
     routines, weight_calls, variance_call, derivative_routines = _routines(spec, step, plan)
     extra, corrector_routines = _corrector_routines(spec)
     routines.extend(extra)
+    extra, basis_routines = _adams_routines(spec, step)
+    routines.extend(extra)
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     spec_dict = spec.as_dict()
     context = {
@@ -290,6 +326,7 @@ def render(spec: Spec) -> str:
         "any_series": any(q.series for q in plan.quantities),
         "derivative_routines": derivative_routines,
         "corrector_routines": corrector_routines,
+        "basis_routines": basis_routines,
         "method": spec.method,
         "method_order": spec.method_order,
         # outputs kept: the predictor's K, and with a corrector the new one on top
@@ -314,6 +351,11 @@ def _title(spec: Spec) -> str:
         where = "normalized coordinates"
     else:
         where = FAMILIES[spec.family].title
+    if spec.method == "adams":
+        return (
+            f"{dynamics} Adams-type solver of order {spec.order} for the {where} "
+            f"({spec.resolved_prediction} prediction; multistep, one model call per step)."
+        )
     if spec.method == "pc":
         return (
             f"{dynamics} predictor-corrector of order {spec.method_order} (predictor of order {spec.order}) for the {where} "

@@ -44,6 +44,19 @@ def derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
     return _lagrange_derivatives((sp.Integer(0), *offset_symbols(k)))
 
 
+@functools.lru_cache(maxsize=None)
+def lagrange_basis(k: int) -> tuple[sp.Expr, ...]:
+    r"""The Lagrange basis :math:`\ell_j(x)` (j < k) on the nodes 0, delta_1, ..., delta_{k-1}, in x = u - u_i.
+
+    The Adams (DEIS-type) weights integrate these directly against the step's density; expanding them in
+    powers of x gives back the rows of :func:`derivative_weights` (:math:`D_{nj} = \ell_j^{(n)}(0)`).
+    """
+    nodes = (sp.Integer(0), *offset_symbols(k))
+    return tuple(
+        sp.sympify(sp.prod([(x - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j])) for j in range(k)
+    )
+
+
 #: u_{i+1} - u_i: the offset of the new point, where the predictor's state gives the next model output
 next_offset = sp.Symbol("delta_next", real=True)
 

@@ -1,0 +1,194 @@
+"""The methods beyond Taylor: the predictor-corrector's weights and the float32 path, against mpmath.
+
+* Corrector weights of every pc module (as emitted: corrections relative to the predictor) against an
+  independent mpmath evaluation (c_n by a 48-point Gauss-Legendre rule at 30 digits, D' from SymPy), for
+  step ratios 0.05-20; the history guard may legitimately use fewer outputs, and only where the full set would
+  exceed the documented amplification limit.
+* The float32 path: every module's coefficient table cast to float32 agrees with mpmath within 1e-6
+  (relative to the step's scale), for log-steps h = log(s_i / s_{i+1}) from 1e-10 to 50 and history step
+  ratios 0.05-20.
+* The pc corrector is applied only where the model is called anyway, and bad method/variable input is a
+  one-line error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import mpmath
+import pytest
+import sympy as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from derive.coefficients import _mp_quad_weight, mp_noise_variance
+from derive.symbolic.ersde import derive_step
+from derive.symbolic.ersde import sigma as sigma_symbol
+from derive.symbolic.ersde import sigma_next as sigma_next_symbol
+from derive.symbolic.expression import parse_expression
+from derive.symbolic.interpolation import corrector_derivative_weights, derivative_weights, next_offset, offset_symbols
+
+from .conftest import load_module, manifest
+
+NAMES = sorted(manifest())
+PC = [n for n in NAMES if manifest()[n]["method"] == "pc"]
+STEPS = {}
+
+
+def _step(name):
+    if name not in STEPS:
+        STEPS[name] = derive_step(parse_expression(manifest()[name]["phi"]))
+    return STEPS[name]
+
+
+def _offset(name, a, b):
+    """u(b) - u(a) at 34 digits in the module's expansion variable."""
+    a, b = mpmath.mpf(a), mpmath.mpf(b)
+    return b - a if manifest()[name].get("variable", "s") == "s" else -mpmath.log(b / a)
+
+
+def _history(sigma, h, ratios, k):
+    """s_{i-k+1} > ... > s_i = sigma: each earlier step ``ratio`` times the current step h (not compounded)."""
+    history = [sigma]
+    for r in ratios[: k - 1]:
+        history.insert(0, history[0] + h * r)
+    return history
+
+
+def _exact(name, history, sigma_next, size, corrector):
+    """Exact weights (34 digits): sum_n c_n D_nj, or the corrector's sum_n c_n D'_nj, on ``size`` old outputs."""
+    module, step = load_module(name), _step(name)
+    sigma = history[-1]
+    offsets = [_offset(name, sigma, history[-1 - j]) for j in range(1, size)]
+    variable = manifest()[name].get("variable", "s")
+    if corrector:
+        D, symbols, values, count = corrector_derivative_weights(size), (next_offset, *offset_symbols(size)), [_offset(name, sigma, sigma_next), *offsets], size + 1
+    else:
+        D, symbols, values, count = derivative_weights(size), offset_symbols(size), offsets, size
+    c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma_next, module.FORM, variable) for n in range(count)]
+    return [mpmath.fsum(c[n] * sp.lambdify(symbols, D[n][j], "mpmath")(*values) for n in range(count)) for j in range(count)], c
+
+
+def _amplification(w):
+    return mpmath.fsum(abs(v) for v in w) / abs(mpmath.fsum(w))
+
+
+@pytest.mark.parametrize("name", PC)
+@settings(max_examples=8, deadline=None)
+@given(
+    sigma=st.floats(min_value=-3, max_value=3).map(lambda e: 10.0**e),
+    t=st.floats(min_value=1e-6, max_value=0.9),
+    ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=4, max_size=4),
+)
+def test_corrector_weights_match_mpmath(name, sigma, t, ratios):
+    module = load_module(name)
+    k = module.ORDER
+    h = sigma * t
+    history = _history(sigma, h, ratios, k)
+    # one more step after s_{i+1}, not final: the model is called at s_{i+1} and step i is corrected
+    sched = torch.tensor([*history, sigma - h, (sigma - h) / 2], dtype=torch.float64)
+    _, _, weights, _ = module.coefficient_table(sched)
+    corrections = module.correction_table(sched, weights)
+    assert corrections[-1] is None  # the last step: no model call after it
+    i = len(history) - 1
+    w, d = weights[i], corrections[i]
+    assert d is not None and len(d) == len(w) + 1
+    # the corrector's own weights on [P_{i+1}, P_i, ...]: the correction plus the predictor's (shifted by one)
+    wc = [d[0], *(d[j + 1] + w[j] for j in range(len(w)))]
+    used = len(w)
+    while used > 1 and wc[used] == 0.0:  # outputs the corrector's guard dropped
+        used -= 1
+    with mpmath.workdps(34):
+        exact, c = _exact(name, history, sigma - h, used, corrector=True)
+        for j in range(used + 1):
+            assert abs(wc[j] - exact[j]) <= 1e-12 * max(abs(exact[j]), abs(c[0])), (j, wc[j], exact[j])
+        assert mpmath.fsum(exact) == pytest.approx(float(c[0]), rel=1e-25)  # exact for constants
+        if used < len(w):
+            longer, _ = _exact(name, history, sigma - h, used + 1, corrector=True)
+            assert _amplification(longer) > module.AMPLIFICATION_LIMIT[used + 2] * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("name", PC)
+def test_corrector_is_skipped_where_no_model_call_follows(name):
+    """No correction on the last step, on or before a final step to 0, or on or before a repeated sigma."""
+    module = load_module(name)
+    sched = [20.0, 10.0, 5.0, 5.0, 2.0, 1.0, 0.5, 0.0]
+    _, _, weights, finals = module.coefficient_table(torch.tensor(sched, dtype=torch.float64))
+    corrections = module.correction_table(torch.tensor(sched, dtype=torch.float64), weights)
+    assert [d is not None for d in corrections] == [True, False, False, True, True, False, False]
+    assert finals[-1] and all(math.isfinite(v) for d in corrections if d for v in d)
+
+
+def _float32_case(name, sigma, log_step, ratios):
+    module = load_module(name)
+    k = module.ORDER
+    sigma_next = sigma * math.exp(-log_step)
+    h = sigma - sigma_next
+    if not 0 < sigma_next < sigma or h <= 0:
+        return
+    history = _history(sigma, h, ratios, k)
+    sched = torch.tensor([*history, sigma_next], dtype=torch.float64)
+    ratio, std, weights, _ = module.coefficient_table(sched)
+    got = torch.tensor(weights[-1], dtype=torch.float32).tolist()
+    used = len(got)
+    step = _step(name)
+    with mpmath.workdps(34):
+        exact, c = _exact(name, history, sigma_next, used, corrector=False)
+        scale = max(abs(v) for v in exact)
+        for j in range(used):
+            assert abs(got[j] - exact[j]) <= 1e-6 * scale, (j, got[j], exact[j], scale)
+        if used < k:
+            longer, _ = _exact(name, history, sigma_next, used + 1, corrector=False)
+            assert _amplification(longer) > module.AMPLIFICATION_LIMIT[used + 1] * (1 - 1e-9)
+        if module.FORM == "data":
+            r = sp.lambdify((sigma_symbol, sigma_next_symbol), step.ratio, "mpmath")(mpmath.mpf(sigma), mpmath.mpf(sigma_next))
+            assert abs(float(torch.tensor(ratio[-1], dtype=torch.float32)) - r) <= 1e-6 * abs(r)
+        variance = mp_noise_variance(step, sigma, sigma_next, module.FORM)
+        exact_std = mpmath.sqrt(variance)
+        got_std = float(torch.tensor(std[-1], dtype=torch.float32))
+        assert abs(got_std - exact_std) <= 1e-6 * max(exact_std, mpmath.mpf(10) ** -300), (got_std, exact_std)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if manifest()[n]["family"] == "ersde"])
+@settings(max_examples=6, deadline=None)
+@given(
+    sigma=st.floats(min_value=-4, max_value=4).map(lambda e: 10.0**e),
+    log_step=st.floats(min_value=-10, max_value=math.log10(50)).map(lambda e: 10.0**e),
+    ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=7, max_size=7),
+)
+def test_float32_coefficient_tables_match_mpmath(name, sigma, log_step, ratios):
+    """Weights, ratio and noise std cast to float32 within 1e-6 of mpmath (relative to the largest weight)."""
+    _float32_case(name, sigma, log_step, ratios)
+
+
+@pytest.mark.parametrize("log_step", [1e-10, 1e-3, 1.0, 20.0, 50.0])
+@pytest.mark.parametrize("name", ["ersde_order3_phi_ode", "ersde_order3_pc", "ersde_order3_phi_ode_lambda_adams"])
+def test_float32_coefficient_tables_at_the_ends_of_the_range(name, log_step):
+    _float32_case(name, 1.0, log_step, [0.05, 20.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+
+
+DERIVE = [sys.executable, "-m", "derive.cli"]
+
+
+@pytest.mark.parametrize(
+    "args, keyword",
+    [
+        (["--family", "vpsde", "--order", "2", "--method", "pc"], "ersde only"),
+        (["--order", "2", "--variable", "t"], "no time of its own"),
+        (["--family", "edm", "--order", "2", "--variable", "t"], "--variable s"),
+        (["--family", "vesde", "--order", "2", "--variable", "t"], "--variable lambda"),
+        (["--family", "vpsde", "--order", "2", "--variable", "t"], "inverse of its schedule"),
+    ],
+)
+def test_refused_method_and_variable_are_one_line_errors(args, keyword, tmp_path):
+    result = subprocess.run(
+        DERIVE + ["gen", *args], cwd=tmp_path, capture_output=True, text=True, env={**os.environ}, timeout=120
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("derive: error: ") and keyword in lines[0], result.stderr
+    assert not list(tmp_path.iterdir())
