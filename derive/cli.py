@@ -128,7 +128,7 @@ def list_() -> None:
     from rich.table import Table
 
     table = Table(title="derive catalogue")
-    for column in ("module", "family", "order", "dynamics", "phi", "prediction", "schedule"):
+    for column in ("module", "family", "order", "method", "dynamics", "phi", "prediction", "schedule"):
         table.add_column(column)
     names = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}
     for spec in CATALOGUE:
@@ -136,6 +136,7 @@ def list_() -> None:
             spec.name,
             spec.family,
             str(spec.order),
+            spec.method if spec.variable == "s" else f"{spec.method} ({spec.variable})",
             names[spec.resolved_dynamics],
             spec.phi_text,
             spec.resolved_prediction,

@@ -77,7 +77,7 @@ def test_coarse_verification(name):
     # the derived weights' order is always measured somewhere (never only "exact" on a degenerate problem)
     method = [s for s in report.find("method") if not s.exact]
     assert method, _describe(report)
-    assert all(s.order >= module.ORDER - tolerances.ODE_ORDER_TOL for s in method), _describe(report)
+    assert all(s.order >= module.METHOD_ORDER - tolerances.ODE_ORDER_TOL for s in method), _describe(report)
     if report.dynamics == "sde":
         assert report.find("strong") and report.find("weak"), _describe(report)
 

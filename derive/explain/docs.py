@@ -46,12 +46,14 @@ _DYNAMICS = {"ode": "Probability-flow ODE", "sde": "Reverse SDE", "er": "ER SDE"
 
 # ---- which derivations ------------------------------------------------------------------------------------
 def family_specs(family: str) -> list[Spec]:
-    """One spec per distinct solver of this family in the catalogue (ignoring the order), at DOC_ORDER."""
+    """One spec per distinct solver of this family in the catalogue (ignoring the order and the method: the Adams
+    and predictor-corrector modules share the Taylor derivation, their own steps are described in er-sde.md),
+    at DOC_ORDER."""
     seen, out = set(), []
     for spec in CATALOGUE:
         if spec.family != family:
             continue
-        key = dataclasses.replace(spec, order=DOC_ORDER)
+        key = dataclasses.replace(spec, order=DOC_ORDER, method="taylor")
         if key not in seen:
             seen.add(key)
             out.append(key)
