@@ -655,6 +655,8 @@ def sample(
     ``history`` (optional) is a list of m data predictions at sigmas[0], ..., sigmas[m-1], oldest first;
     ``x`` is then the state at sigmas[m] and sampling starts there with a full multistep history (used to
     measure the order of the method itself, free of the lower-order start).
+    With the corrector such a restart differs from the uninterrupted run, whose output at sigmas[m] was taken at
+    the predicted state, not at the corrected one.
 
     ``check_finite=True`` raises ValueError naming the step and sigma when the model returns NaN or Inf (one
     host-device synchronisation per step, hence opt-in). fp16 / bf16 states are carried in float32 and
