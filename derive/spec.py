@@ -65,8 +65,6 @@ class Spec:
             raise SpecError(f"order must be between 1 and {MAX_ORDER}, got {self.order}")
         if self.method not in METHODS:
             raise SpecError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if self.method == "pc" and self.family != "ersde":
-            raise SpecError("--method pc is implemented for family ersde only (sample in normalized coordinates)")
         if not isinstance(self.phi, str) or not self.phi.strip():
             raise SpecError("phi must be a preset name or an expression in s")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.phi):
@@ -218,6 +216,7 @@ CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "ode", method="pc") for k in (1, 2, 3)),
     *(Spec("ersde", k, "ode", method="pc", variable="lambda") for k in (1, 2, 3)),
     *(Spec("ersde", k, "default", method="pc") for k in (1, 2, 3)),
+    Spec("vpsde", 2, dynamics="ode", method="pc"),  # noise prediction, family time: UniPC's setting
     # Adams form: the Lagrange basis integrated per stored output (equal to Taylor in exact arithmetic)
     *(Spec("ersde", k, "ode", method="adams") for k in (2, 3, 4)),
     Spec("ersde", 3, "ode", method="adams", variable="lambda"),

@@ -177,7 +177,6 @@ DERIVE = [sys.executable, "-m", "derive.cli"]
 @pytest.mark.parametrize(
     "args, keyword",
     [
-        (["--family", "vpsde", "--order", "2", "--method", "pc"], "ersde only"),
         (["--order", "2", "--variable", "t"], "no time of its own"),
         (["--family", "edm", "--order", "2", "--variable", "t"], "--variable s"),
         (["--family", "vesde", "--order", "2", "--variable", "t"], "--variable lambda"),
