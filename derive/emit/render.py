@@ -329,8 +329,6 @@ def render(spec: Spec) -> str:
         "basis_routines": basis_routines,
         "method": spec.method,
         "method_order": spec.method_order,
-        # outputs kept: the predictor's K, and with a corrector the new one on top
-        "history_length": spec.order + (spec.method == "pc"),
         "amplification_limits": [
             (k, repr(float(HISTORY_AMPLIFICATION_FACTOR * adams_bashforth_lebesgue(k))))
             for k in range(2, spec.order + 1 + (spec.method == "pc"))
