@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from _common import HERE, load_generated, machine  # noqa: E402
+from _common import HERE, load_generated, machine
 
-from derive.verify.problems import GaussianMixture, karras_sigmas, log_uniform_sigmas, reference_flow  # noqa: E402
+from derive.verify.problems import GaussianMixture, karras_sigmas, log_uniform_sigmas, reference_flow
 
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
 SCHEDULES = {
@@ -58,12 +58,20 @@ def main() -> None:
                         continue
                     row = results["errors"].setdefault(f"K={k} {method} {variable}", {})
                     for n in NFES:
-                        out = module.sample(mix.denoiser_torch, torch.from_numpy(y0), torch.from_numpy(make(n)))
+                        out = module.sample(
+                            mix.denoiser_torch, torch.from_numpy(y0), torch.from_numpy(make(n))
+                        )
                         row[f"{key} N={n}"] = float(np.sqrt(np.mean((out.numpy() - ref) ** 2)))
             print(f"done {key}", file=sys.stderr, flush=True)
     (HERE / "defaults.json").write_text(json.dumps(results, indent=1) + "\n")
-    columns = sorted({c for row in results["errors"].values() for c in row}, key=lambda c: (c.split(" N=")[0], int(c.split("N=")[1])))
-    lines = ["| variant | " + " | ".join(columns) + " | geometric mean |", "| --- " * (len(columns) + 2) + "|"]
+    columns = sorted(
+        {c for row in results["errors"].values() for c in row},
+        key=lambda c: (c.split(" N=")[0], int(c.split("N=")[1])),
+    )
+    lines = [
+        "| variant | " + " | ".join(columns) + " | geometric mean |",
+        "| --- " * (len(columns) + 2) + "|",
+    ]
     for variant, row in results["errors"].items():
         values = [row.get(c) for c in columns]
         gm = float(np.exp(np.mean(np.log([v for v in values if v]))))

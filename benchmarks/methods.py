@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pathlib
 import subprocess
 import sys
 import tempfile
 import time
-import pathlib
 
 import mpmath
 import numpy as np
@@ -31,13 +31,13 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HERE, ROOT, load_generated, machine  # noqa: E402
-from derive.coefficients import _mp_quad_weight  # noqa: E402
-from derive.spec import Spec  # noqa: E402
-from derive.symbolic.ersde import derive_step  # noqa: E402
-from derive.symbolic.interpolation import derivative_weights, offset_symbols  # noqa: E402
-from derive.verify.orders import fit_order  # noqa: E402
-from derive.verify.problems import GaussianData, log_uniform_sigmas  # noqa: E402
+from benchmarks._common import HERE, ROOT, load_generated, machine
+from derive.coefficients import _mp_quad_weight
+from derive.spec import Spec
+from derive.symbolic.ersde import derive_step
+from derive.symbolic.interpolation import derivative_weights, offset_symbols
+from derive.verify.orders import fit_order
+from derive.verify.problems import GaussianData, log_uniform_sigmas
 
 GAUSS = GaussianData(mean=[0.5, -1.0, 2.0], var=[0.3, 2.0, 0.05])
 SMAX, SMIN = 20.0, 0.05
@@ -48,7 +48,20 @@ def generate(method: str, order: int, folder: pathlib.Path) -> tuple[str, float]
     spec = Spec("ersde", order, "ode", method=method)
     started = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "derive.cli", "gen", "--order", str(order), "--phi", "ode", "--method", method, "--out", str(folder)],
+        [
+            sys.executable,
+            "-m",
+            "derive.cli",
+            "gen",
+            "--order",
+            str(order),
+            "--phi",
+            "ode",
+            "--method",
+            method,
+            "--out",
+            str(folder),
+        ],
         check=True,
         capture_output=True,
         cwd=ROOT,
@@ -60,14 +73,16 @@ def measured_order(module) -> dict:
     rng = np.random.default_rng(5)
     y0 = GAUSS.mean + np.sqrt(GAUSS.var + SMAX**2) * rng.standard_normal((16, GAUSS.d))
     K = module.ORDER
-    model = lambda x, s: torch.from_numpy(GAUSS.denoiser_np(x.numpy(), s.numpy()))  # noqa: E731
+    model = lambda x, s: torch.from_numpy(GAUSS.denoiser_np(x.numpy(), s.numpy()))
     exact_end = GAUSS.exact_flow(y0, SMAX, SMIN)
     errors = []
     for n in STEPS:
         sigmas = log_uniform_sigmas(n, SMIN, SMAX)
         states = [y0] + [GAUSS.exact_flow(y0, SMAX, float(sigmas[j])) for j in range(1, K)]
         history = [torch.from_numpy(GAUSS.denoiser_np(states[j], float(sigmas[j]))) for j in range(K - 1)]
-        out = module.sample(model, torch.from_numpy(states[K - 1]), torch.from_numpy(sigmas), history=history or None)
+        out = module.sample(
+            model, torch.from_numpy(states[K - 1]), torch.from_numpy(sigmas), history=history or None
+        )
         errors.append(float(np.abs(out.numpy() - exact_end).max()))
     h = [math.log(SMAX / SMIN) / n for n in STEPS]
     scale = float(np.abs(exact_end).max())
@@ -93,14 +108,21 @@ def weight_roundoff(module, rng: np.random.Generator, samples: int) -> dict:
             history = [sigma]
             for _ in range(K - 1):
                 history.insert(0, history[0] + h * rng.uniform(0.8, 1.25))
-            _, _, weights, _ = module.coefficient_table(torch.tensor([*history, sigma - h], dtype=torch.float64))
+            _, _, weights, _ = module.coefficient_table(
+                torch.tensor([*history, sigma - h], dtype=torch.float64)
+            )
             w = weights[-1]
             if len(w) != K:  # the history guard used fewer outputs: not the weights under test
                 continue
             with mpmath.workdps(34):
                 offsets = [mpmath.mpf(history[-1 - j]) - mpmath.mpf(sigma) for j in range(1, K)]
                 c = [_mp_quad_weight(step, n, sigma, sigma - h) for n in range(K)]
-                exact = [mpmath.fsum(c[n] * sp.lambdify(offset_symbols(K), D[n][j], "mpmath")(*offsets) for n in range(K)) for j in range(K)]
+                exact = [
+                    mpmath.fsum(
+                        c[n] * sp.lambdify(offset_symbols(K), D[n][j], "mpmath")(*offsets) for n in range(K)
+                    )
+                    for j in range(K)
+                ]
                 scale = max(abs(v) for v in exact)
                 worst = max(worst, max(float(abs(w[j] - exact[j]) / scale) for j in range(K)))
         out[f"{t:g}"] = worst
@@ -126,29 +148,44 @@ def main() -> None:
                 row = {"module": name, "generation_seconds": seconds, "method_order": module.METHOD_ORDER}
                 row.update(measured_order(module))
                 if method != "pc" and K >= 2:
-                    row["weight_roundoff"] = weight_roundoff(module, np.random.default_rng(K), 3 if args.quick else 10)
+                    row["weight_roundoff"] = weight_roundoff(
+                        module, np.random.default_rng(K), 3 if args.quick else 10
+                    )
                 rows[K] = row
-                print(f"{name}: gen {seconds:.1f} s, order {row['order']} (claim {row['method_order']}), min error {row['min_error']:.2e}", flush=True)
+                print(
+                    f"{name}: gen {seconds:.1f} s, order {row['order']} (claim {row['method_order']}), min error {row['min_error']:.2e}",
+                    flush=True,
+                )
     (HERE / "methods.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     (HERE / "methods.md").write_text(markdown(results))
     print(markdown(results))
 
 
 def markdown(results: dict) -> str:
-    lines = ["| method | K | order claimed | measured | steps fitted | min error | gen (s) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| method | K | order claimed | measured | steps fitted | min error | gen (s) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for method, rows in results["methods"].items():
         for K, row in rows.items():
             order = "-" if row["order"] is None else f"{row['order']:.2f}"
             used = row.get("used_steps")
             span = f"{used[0]}-{used[-1]}" if used else "-"
-            lines.append(f"| {method} | {K} | {row['method_order']} | {order} | {span} | {row['min_error']:.1e} | {row['generation_seconds']:.1f} |")
+            lines.append(
+                f"| {method} | {K} | {row['method_order']} | {order} | {span} | {row['min_error']:.1e} | {row['generation_seconds']:.1f} |"
+            )
     lines += ["", "Weight round-off, max |w - w_exact| / max |w_exact| (mpmath), by relative step h/s:", ""]
-    lines += ["| K | Taylor 1e-8 | 1e-4 | 1e-2 | 0.2 | Adams 1e-8 | 1e-4 | 1e-2 | 0.2 |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [
+        "| K | Taylor 1e-8 | 1e-4 | 1e-2 | 0.2 | Adams 1e-8 | 1e-4 | 1e-2 | 0.2 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     taylor, adams = results["methods"].get("taylor", {}), results["methods"].get("adams", {})
     for K in taylor:
         if "weight_roundoff" not in taylor[K] or K not in adams:
             continue
-        cells = [f"{v:.1e}" for v in taylor[K]["weight_roundoff"].values()] + [f"{v:.1e}" for v in adams[K]["weight_roundoff"].values()]
+        cells = [f"{v:.1e}" for v in taylor[K]["weight_roundoff"].values()] + [
+            f"{v:.1e}" for v in adams[K]["weight_roundoff"].values()
+        ]
         lines.append(f"| {K} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -30,7 +30,12 @@ from derive.symbolic.ersde import derive_step
 from derive.symbolic.ersde import sigma as sigma_symbol
 from derive.symbolic.ersde import sigma_next as sigma_next_symbol
 from derive.symbolic.expression import parse_expression
-from derive.symbolic.interpolation import corrector_derivative_weights, derivative_weights, next_offset, offset_symbols
+from derive.symbolic.interpolation import (
+    corrector_derivative_weights,
+    derivative_weights,
+    next_offset,
+    offset_symbols,
+)
 
 from .conftest import load_module, manifest
 
@@ -66,11 +71,22 @@ def _exact(name, history, sigma_next, size, corrector):
     offsets = [_offset(name, sigma, history[-1 - j]) for j in range(1, size)]
     variable = manifest()[name].get("variable", "s")
     if corrector:
-        D, symbols, values, count = corrector_derivative_weights(size), (next_offset, *offset_symbols(size)), [_offset(name, sigma, sigma_next), *offsets], size + 1
+        D, symbols, values, count = (
+            corrector_derivative_weights(size),
+            (next_offset, *offset_symbols(size)),
+            [_offset(name, sigma, sigma_next), *offsets],
+            size + 1,
+        )
     else:
         D, symbols, values, count = derivative_weights(size), offset_symbols(size), offsets, size
-    c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma_next, module.FORM, variable) for n in range(count)]
-    return [mpmath.fsum(c[n] * sp.lambdify(symbols, D[n][j], "mpmath")(*values) for n in range(count)) for j in range(count)], c
+    c = [
+        module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma_next, module.FORM, variable)
+        for n in range(count)
+    ]
+    return [
+        mpmath.fsum(c[n] * sp.lambdify(symbols, D[n][j], "mpmath")(*values) for n in range(count))
+        for j in range(count)
+    ], c
 
 
 def _amplification(w):
@@ -145,7 +161,9 @@ def _float32_case(name, sigma, log_step, ratios):
             longer, _ = _exact(name, history, sigma_next, used + 1, corrector=False)
             assert _amplification(longer) > module.AMPLIFICATION_LIMIT[used + 1] * (1 - 1e-9)
         if module.FORM == "data":
-            r = sp.lambdify((sigma_symbol, sigma_next_symbol), step.ratio, "mpmath")(mpmath.mpf(sigma), mpmath.mpf(sigma_next))
+            r = sp.lambdify((sigma_symbol, sigma_next_symbol), step.ratio, "mpmath")(
+                mpmath.mpf(sigma), mpmath.mpf(sigma_next)
+            )
             assert abs(float(torch.tensor(ratio[-1], dtype=torch.float32)) - r) <= 1e-6 * abs(r)
         variance = mp_noise_variance(step, sigma, sigma_next, module.FORM)
         exact_std = mpmath.sqrt(variance)
@@ -166,7 +184,9 @@ def test_float32_coefficient_tables_match_mpmath(name, sigma, log_step, ratios):
 
 
 @pytest.mark.parametrize("log_step", [1e-10, 1e-3, 1.0, 20.0, 50.0])
-@pytest.mark.parametrize("name", ["ersde_order3_phi_ode", "ersde_order3_pc", "ersde_order3_phi_ode_lambda_adams"])
+@pytest.mark.parametrize(
+    "name", ["ersde_order3_phi_ode", "ersde_order3_pc", "ersde_order3_phi_ode_lambda_adams"]
+)
 def test_float32_coefficient_tables_at_the_ends_of_the_range(name, log_step):
     _float32_case(name, 1.0, log_step, [0.05, 20.0, 1.0, 1.0, 1.0, 1.0, 1.0])
 
@@ -194,8 +214,18 @@ def test_refused_method_and_variable_are_one_line_errors(args, keyword, tmp_path
 
 
 #: classical error constants on equal steps: Adams-Bashforth (K steps) and Adams-Moulton (K + 1 nodes)
-ADAMS_BASHFORTH_ERROR = {1: sp.Rational(1, 2), 2: sp.Rational(5, 12), 3: sp.Rational(3, 8), 4: sp.Rational(251, 720)}
-ADAMS_MOULTON_ERROR = {1: sp.Rational(1, 12), 2: sp.Rational(1, 24), 3: sp.Rational(19, 720), 4: sp.Rational(3, 160)}
+ADAMS_BASHFORTH_ERROR = {
+    1: sp.Rational(1, 2),
+    2: sp.Rational(5, 12),
+    3: sp.Rational(3, 8),
+    4: sp.Rational(251, 720),
+}
+ADAMS_MOULTON_ERROR = {
+    1: sp.Rational(1, 12),
+    2: sp.Rational(1, 24),
+    3: sp.Rational(19, 720),
+    4: sp.Rational(3, 160),
+}
 
 
 @pytest.mark.parametrize("variable", ["s", "lambda"])
@@ -213,8 +243,12 @@ def test_leading_error_constants_tend_to_the_adams_constants(order, variable):
         offsets = [-math.log1p(o) for o in offsets]
     predictor = order_conditions(step, order, "data", offsets, h, variable=variable)
     corrector = order_conditions(step, order, "data", offsets, h, variable=variable, corrector=True)
-    assert abs(predictor.leading_constant) == pytest.approx(float(ADAMS_BASHFORTH_ERROR[order] * math.factorial(order)), rel=1e-3)
-    assert abs(corrector.leading_constant) == pytest.approx(float(ADAMS_MOULTON_ERROR[order] * math.factorial(order + 1)), rel=1e-3)
+    assert abs(predictor.leading_constant) == pytest.approx(
+        float(ADAMS_BASHFORTH_ERROR[order] * math.factorial(order)), rel=1e-3
+    )
+    assert abs(corrector.leading_constant) == pytest.approx(
+        float(ADAMS_MOULTON_ERROR[order] * math.factorial(order + 1)), rel=1e-3
+    )
 
 
 # ---- the order of the method where float64 cannot resolve it: the same update in mpmath ----------------------
@@ -242,7 +276,10 @@ def _mp_sample(order: int, n: int, corrector: bool) -> mpmath.mpf:
     outputs = [_mp_denoiser(_mp_flow(y0, MP_SMAX, sigmas[j]), sigmas[j]) for j in range(order - 1)]
     y = _mp_flow(y0, MP_SMAX, sigmas[order - 1])
     D = [sp.lambdify(offset_symbols(order), row, "mpmath") for row in derivative_weights(order)]
-    Dc = [sp.lambdify((next_offset, *offset_symbols(order)), row, "mpmath") for row in corrector_derivative_weights(order)]
+    Dc = [
+        sp.lambdify((next_offset, *offset_symbols(order)), row, "mpmath")
+        for row in corrector_derivative_weights(order)
+    ]
     # phi = s is scale-free: c_m(a, a q) = a^m c_m(1, q), so one quadrature per m serves every step
     unit = [_mp_quad_weight(step, m, mpmath.mpf(1), ratio) for m in range(order + 1)]
     for i in range(order - 1, n):
@@ -251,11 +288,16 @@ def _mp_sample(order: int, n: int, corrector: bool) -> mpmath.mpf:
         offsets = [sigmas[i - j] - a for j in range(1, order)]
         c = [unit[m] * a**m for m in range(order + 1)]
         stored = outputs[::-1][:order]
-        y_next = b / a * y + mpmath.fsum(c[m] * mpmath.fsum(w * p for w, p in zip(D[m](*offsets), stored)) for m in range(order))
+        y_next = b / a * y + mpmath.fsum(
+            c[m] * mpmath.fsum(w * p for w, p in zip(D[m](*offsets), stored)) for m in range(order)
+        )
         if corrector and i + 1 < n:
             new = _mp_denoiser(y_next, b)
             values = [new, *stored]
-            y_next = b / a * y + mpmath.fsum(c[m] * mpmath.fsum(w * p for w, p in zip(Dc[m](b - a, *offsets), values)) for m in range(order + 1))
+            y_next = b / a * y + mpmath.fsum(
+                c[m] * mpmath.fsum(w * p for w, p in zip(Dc[m](b - a, *offsets), values))
+                for m in range(order + 1)
+            )
         y = y_next
     return abs(y - _mp_flow(y0, MP_SMAX, MP_SMIN))
 
