@@ -305,6 +305,14 @@ def _amplification(w):
     return spread / total
 
 
+def _history_offsets(s, n_steps):
+    """offsets[j][i]: node offset of sigmas[i - j] seen from sigmas[i], for all steps at once."""
+    return {
+        j: [0.0] * j + _node_offset(s[j:n_steps], s[: n_steps - j]).tolist()
+        for j in range(1, min(ORDER, n_steps))
+    }
+
+
 def coefficient_table(sigmas):
     """The whole schedule's coefficients in float64, computed once before sampling.
 
@@ -327,11 +335,7 @@ def coefficient_table(sigmas):
     values = s.tolist()
     n_steps = len(final)
     lengths = _history_lengths(values)
-    # offsets[j][i]: node offset of sigmas[i - j] seen from sigmas[i], for all steps at once
-    offsets = {
-        j: [0.0] * j + _node_offset(s[j:n_steps], s[: n_steps - j]).tolist()
-        for j in range(1, min(ORDER, n_steps))
-    }
+    offsets = _history_offsets(s, n_steps)
     ratios, stds, weights, finals = [], [], [], []
     for i, k in enumerate(lengths):
         if final[i]:

@@ -375,6 +375,14 @@ def _amplification(w):
     return spread / total
 
 
+def _history_offsets(s, n_steps):
+    """offsets[j][i]: node offset of sigmas[i - j] seen from sigmas[i], for all steps at once."""
+    return {
+        j: [0.0] * j + _node_offset(s[j:n_steps], s[: n_steps - j]).tolist()
+        for j in range(1, min(ORDER, n_steps))
+    }
+
+
 def coefficient_table(sigmas):
     """The whole schedule's coefficients in float64, computed once before sampling.
 
@@ -397,11 +405,7 @@ def coefficient_table(sigmas):
     values = s.tolist()
     n_steps = len(final)
     lengths = _history_lengths(values)
-    # offsets[j][i]: node offset of sigmas[i - j] seen from sigmas[i], for all steps at once
-    offsets = {
-        j: [0.0] * j + _node_offset(s[j:n_steps], s[: n_steps - j]).tolist()
-        for j in range(1, min(ORDER, n_steps))
-    }
+    offsets = _history_offsets(s, n_steps)
     ratios, stds, weights, finals = [], [], [], []
     for i, k in enumerate(lengths):
         if final[i]:
@@ -432,7 +436,11 @@ def correction_table(sigmas, weights):
     """
     s = _float64(sigmas)
     sigma, sigma_next = s[:-1], s[1:]
-    taylor = taylor_weights(sigma, torch.where(sigma_next == 0, sigma, sigma_next))
+    safe_next = torch.where(sigma_next == 0, sigma, sigma_next)
+    taylor = [row.tolist() for row in taylor_weights(sigma, safe_next)]
+    # u_{i+1} - u_i (the new node) and the history's offsets, for all steps at once
+    new = _node_offset(sigma, safe_next).tolist()
+    offsets = _history_offsets(s, len(weights))
     values = s.tolist()
     corrections = []
     for i, w in enumerate(weights):
@@ -443,12 +451,8 @@ def correction_table(sigmas, weights):
             continue
         k = len(w)
         while True:
-            offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
-            rows = _CORRECTOR_WEIGHTS[k](float(_node_offset(s[i], s[i + 1])), *offsets)
-            wc = [
-                WEIGHT_SIGN * sum(float(taylor[n][i]) * rows[n][j] for n in range(k + 1))
-                for j in range(k + 1)
-            ]
+            rows = _CORRECTOR_WEIGHTS[k](new[i], *[offsets[j][i] for j in range(1, k)])
+            wc = [WEIGHT_SIGN * sum(taylor[n][i] * rows[n][j] for n in range(k + 1)) for j in range(k + 1)]
             if k == 1 or not _amplification(wc) > AMPLIFICATION_LIMIT[k + 1]:
                 break
             k -= 1
