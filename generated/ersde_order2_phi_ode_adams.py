@@ -32,7 +32,7 @@ history allows is used. A step to sigma = 0 returns the data prediction.
 Adams form (this module): the weights are computed per stored output, by integrating the Lagrange basis
 l_j of the nodes u_i, u_{i-1}, ... directly against the step's density (DEIS-style),
 
-    w_ij = phi(s_{i+1}) int_{s_{i+1}}^{s_i} phi'(s)/phi(s)^2 l_j(u(s)) ds,
+    w_ij = phi(s_{i+1}) int_{s_{i+1}}^{s_i} phi'(s)/phi(s)^2 l_j(u(s) - u_i) ds,
 
 by Gauss-Legendre quadrature in log s. In exact arithmetic w_ij = sum_n c_n D_nj (checked at 50 digits when
 this file was generated); only the floating-point arrangement differs from the Taylor form.
