@@ -1,0 +1,459 @@
+r"""Published samplers, written with the framework's own symbolic pieces.
+
+A *variant* is a published multistep update of the ER SDE in normalized coordinates. What it shares with the
+derived solvers comes from the derivation: the dynamics (phi), the exact step ratio ``r``, the noise variance
+and the Taylor weights of the exponential integrator,
+
+.. math:: c_n = \varphi(s_{i+1}) \int_{s_{i+1}}^{s_i} \frac{\varphi'}{\varphi^2} \frac{(u - u_i)^n}{n!}\,\mathrm ds
+   \quad\text{(data form)},\qquad
+   e_n = \int_{s_{i+1}}^{s_i} \frac{s\varphi'}{\varphi} \frac{(u - u_i)^n}{n!}\,\mathrm ds \quad\text{(noise form)},
+
+in the expansion variable ``u`` (``s`` or ``lambda = -log s``). What the variant fixes, as its authors
+published it, is how the derivatives of the prediction are estimated from the stored outputs and which weight
+multiplies each estimate. Those choices are definitions (cited next to each), not derivations.
+
+Every update is written for ``k`` stored outputs ``m0`` (newest), ``m1``, ``m2`` with
+
+* ``step`` = ``u_{i+1} - u_i`` (``h`` of DPM-Solver in lambda, ``s_{i+1} - s_i < 0`` in s),
+* ``delta_j`` = ``u_{i-j} - u_i`` (``-r_0 h``, ``-(r_0 + r_1) h`` in DPM-Solver's notation),
+* ``c0, c1, c2`` (data form) or ``e0, e1, e2`` (noise form) the framework's Taylor weights of this step,
+
+and the stage is the prediction term ``P`` of ``y_{i+1} = r y_i + P + sqrt(v) z``. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import hashlib
+import json
+
+import sympy as sp
+
+from derive.errors import DerivationError, SpecError
+from derive.spec import Spec
+from derive.symbolic.interpolation import derivative_weights, offset_symbols
+
+#: the step in the expansion variable, u_{i+1} - u_i
+step = sp.Symbol("step", nonzero=True)
+delta1, delta2 = offset_symbols(3)
+outputs = sp.symbols("m0 m1 m2", real=True)
+m0, m1, m2 = outputs
+#: names of the published derivative estimates, as they appear in the printed update formulas
+D1, D2 = sp.symbols("D1 D2", real=True)
+
+
+def taylor_symbols(form: str) -> tuple[sp.Symbol, ...]:
+    """c0, c1, c2 (data form) or e0, e1, e2 (noise form): the framework's weights of one step."""
+    return sp.symbols(("c0 c1 c2" if form == "data" else "e0 e1 e2"), real=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """A published finite-difference estimate: ``expr`` ~ ``scale`` x (n-th derivative in u at u_i).
+
+    ``exact_degree``: the estimate is exact for every polynomial of at most this degree (checked).
+    """
+
+    symbol: sp.Symbol
+    expr: sp.Expr
+    derivative: int
+    scale: sp.Expr
+    exact_degree: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """The update with ``k`` stored outputs: P = ``published`` with the estimates substituted."""
+
+    k: int
+    published: sp.Expr
+    estimates: tuple[Estimate, ...] = ()
+
+    @property
+    def prediction_term(self) -> sp.Expr:
+        return sp.expand(self.published.subs({e.symbol: e.expr for e in self.estimates}))
+
+    def output_weights(self) -> tuple[sp.Expr, ...]:
+        """W_j: the coefficient of m_j in P (P is linear in the outputs)."""
+        term = self.prediction_term
+        return tuple(sp.factor(sp.together(sp.diff(term, outputs[j]))) for j in range(self.k))
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """What a publication (or the code that ships it) says about the method's order."""
+
+    order: int
+    where: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """An installable implementation the variant is checked against, and how to configure it alike."""
+
+    name: str
+    config: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A published sampler: the base derivation (phi, form, variable) plus one stage per history length."""
+
+    key: str
+    title: str
+    phi: str
+    form: str
+    variable: str
+    stages: tuple[Stage, ...]
+    #: citation lines: where the update (its estimates and weights) is published
+    source: tuple[str, ...]
+    claim: Claim
+    #: the derived module of the same cost per step that keeps its claim
+    derived: str
+    peer: Peer | None = None
+
+    # ---- the interface of a Spec that emission and the manifest use -------------------------------------
+    @property
+    def order(self) -> int:
+        return len(self.stages)
+
+    @property
+    def name(self) -> str:
+        return f"variant_{self.key}"
+
+    @property
+    def base_spec(self) -> Spec:
+        """The derivation whose ratio, noise variance and Taylor weights the variant uses."""
+        return Spec("ersde", self.order, self.phi, prediction=self.form, variable=self.variable)
+
+    def as_dict(self) -> dict:
+        return {
+            "variant": self.key,
+            "family": "ersde",
+            "order": self.order,
+            "phi": self.base_spec.phi_text,
+            "method": "published",
+            "prediction": self.form,
+            "variable": self.variable,
+        }
+
+    @property
+    def digest(self) -> str:
+        payload = json.dumps({**self.as_dict(), "stages": [str(s.prediction_term) for s in self.stages]}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------------
+# the published derivative estimates
+# --------------------------------------------------------------------------------------------------
+
+# DPM-Solver / DPM-Solver++ (Lu et al. 2022, arXiv:2206.00927 and arXiv:2211.01095): r0 = h_0/h, r1 = h_1/h with
+# h_0 = lambda_i - lambda_{i-1}, h_1 = lambda_{i-1} - lambda_{i-2}; in our offsets h_0 = -delta1, h_1 = delta1 - delta2.
+_r0 = -delta1 / step
+_r1 = (delta1 - delta2) / step
+_D1_0 = (m0 - m1) / _r0
+_D1_1 = (m1 - m2) / _r1
+
+#: DPM-Solver++(2M), Algorithm 2 of arXiv:2211.01095: D1 = (m0 - m1) / r0 ~ h x0'
+DPM_D1_2M = Estimate(D1, _D1_0, 1, step, 1)
+#: the third-order multistep update (DPM-Solver's multistep_dpm_solver_third_update, diffusers'
+#: multistep_dpm_solver_third_order_update): D1 = D1_0 + r0/(r0 + r1) (D1_0 - D1_1) ~ h x0',
+#: D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 x0''/2
+DPM_D1_3M = Estimate(D1, _D1_0 + _r0 / (_r0 + _r1) * (_D1_0 - _D1_1), 1, step, 2)
+DPM_D2_3M = Estimate(D2, (_D1_0 - _D1_1) / (_r0 + _r1), 2, step**2 / 2, 2)
+
+# ER-SDE-Solver (Cui et al. 2023, arXiv:2309.06169, the multistep Taylor solvers of orders 2 and 3): backward
+# differences in s, D1_i = (m_i - m_{i-1}) / (s_i - s_{i-1}) ~ x0', D2 = 2 (D1_i - D1_{i-1}) / (s_i - s_{i-2}) ~ x0''.
+_ER_D1_0 = (m0 - m1) / (-delta1)
+_ER_D1_1 = (m1 - m2) / (delta1 - delta2)
+ER_D1 = Estimate(D1, _ER_D1_0, 1, sp.Integer(1), 1)
+ER_D2 = Estimate(D2, 2 * (_ER_D1_0 - _ER_D1_1) / (-delta2), 2, sp.Integer(1), 1)
+
+
+def _interpolation_stage(k: int, weights: tuple[sp.Symbol, ...]) -> sp.Expr:
+    """sum_n w_n P^(n)(u_i): the derivatives of the polynomial through k outputs (the framework's own rows)."""
+    rows = derivative_weights(k)
+    return sum(weights[n] * sum(rows[n][j] * outputs[j] for j in range(k)) for n in range(k))
+
+
+# --------------------------------------------------------------------------------------------------
+# the catalogue of variants
+# --------------------------------------------------------------------------------------------------
+
+_c0, _c1, _c2 = taylor_symbols("data")
+_e0, _e1, _e2 = taylor_symbols("noise")
+
+_DIFFUSERS = "diffusers 0.42.1 scheduling_dpmsolver_multistep.py"
+_DPMPP_PAPER = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095)"
+_DPM_PAPER = "Lu et al. 2022, DPM-Solver (arXiv:2206.00927)"
+_DPM_CODE = "LuChengTHU/dpm-solver dpm_solver_pytorch.py multistep_dpm_solver_third_update"
+_ERSDE_PAPER = "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE (arXiv:2309.06169)"
+
+
+def _dpm_variants() -> list[Variant]:
+    # data form: x0 expanded in lambda (DPM-Solver++); noise form: eps expanded in lambda (DPM-Solver).
+    # The weights of the published updates are the framework's Taylor weights divided by h^n, except the
+    # "midpoint" weight of D1, c0/2 (= -alpha_t (e^{-h} - 1)/2 in VP coordinates), and the D2 weight of the
+    # third-order update, c2/h^2 (= -alpha_t phi_3 there): the Taylor term of x0'' needs 2 c2/h^2 with this D2.
+    first = Stage(1, _c0 * m0)
+    midpoint = Stage(2, _c0 * m0 + _c0 / 2 * D1, (DPM_D1_2M,))
+    heun = Stage(2, _c0 * m0 + _c1 / step * D1, (DPM_D1_2M,))
+    third = Stage(3, _c0 * m0 + _c1 / step * D1 + _c2 / step**2 * D2, (DPM_D1_3M, DPM_D2_3M))
+    n_first = Stage(1, -_e0 * m0)
+    n_midpoint = Stage(2, -(_e0 * m0 + _e0 / 2 * D1), (DPM_D1_2M,))
+    n_heun = Stage(2, -(_e0 * m0 + _e1 / step * D1), (DPM_D1_2M,))
+    n_third = Stage(3, -(_e0 * m0 + _e1 / step * D1 + _e2 / step**2 * D2), (DPM_D1_3M, DPM_D2_3M))
+
+    def peer(algorithm, order, solver_type):
+        return Peer(
+            "DPMSolverMultistepScheduler",
+            f"algorithm_type={algorithm!r}, solver_order={order}, solver_type={solver_type!r}",
+        )
+
+    return [
+        Variant(
+            "dpmpp_2m",
+            "DPM-Solver++(2M), midpoint form (data prediction, probability-flow ODE)",
+            "ode",
+            "data",
+            "lambda",
+            (first, midpoint),
+            (f"{_DPMPP_PAPER}, Algorithm 2 (DPM-Solver++(2M)): D = (1 + 1/(2 r)) m0 - 1/(2 r) m1", _DIFFUSERS),
+            Claim(2, f"{_DPMPP_PAPER}, Algorithm 2: second-order multistep"),
+            "ersde_order2_phi_ode_lambda",
+            peer("dpmsolver++", 2, "midpoint"),
+        ),
+        Variant(
+            "dpmpp_2m_heun",
+            "DPM-Solver++(2M), heun form (data prediction, probability-flow ODE)",
+            "ode",
+            "data",
+            "lambda",
+            (first, heun),
+            (f"{_DIFFUSERS} solver_type='heun': D1 weight alpha_t ((e^-h - 1)/h + 1)", _DPMPP_PAPER),
+            Claim(2, f"{_DIFFUSERS}: solver_order=2"),
+            "ersde_order2_phi_ode_lambda",
+            peer("dpmsolver++", 2, "heun"),
+        ),
+        Variant(
+            "dpmpp_3m",
+            "DPM-Solver++(3M) (data prediction, probability-flow ODE; second step: 2M midpoint)",
+            "ode",
+            "data",
+            "lambda",
+            (first, midpoint, third),
+            (f"{_DPM_CODE} (algorithm dpmsolver++)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
+            Claim(3, f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
+            "ersde_order3_phi_ode_lambda",
+            peer("dpmsolver++", 3, "midpoint"),
+        ),
+        Variant(
+            "dpm_2m",
+            "DPM-Solver 2M, midpoint form (noise prediction, probability-flow ODE)",
+            "ode",
+            "noise",
+            "lambda",
+            (n_first, n_midpoint),
+            (f"{_DPM_PAPER}, multistep form as in {_DIFFUSERS} (algorithm_type='dpmsolver')",),
+            Claim(2, f"{_DIFFUSERS}: solver_order=2"),
+            "ersde_order2_phi_ode_noise_lambda",
+            peer("dpmsolver", 2, "midpoint"),
+        ),
+        Variant(
+            "dpm_2m_heun",
+            "DPM-Solver 2M, heun form (noise prediction, probability-flow ODE)",
+            "ode",
+            "noise",
+            "lambda",
+            (n_first, n_heun),
+            (f"{_DIFFUSERS} algorithm_type='dpmsolver', solver_type='heun'", _DPM_PAPER),
+            Claim(2, f"{_DIFFUSERS}: solver_order=2"),
+            "ersde_order2_phi_ode_noise_lambda",
+            peer("dpmsolver", 2, "heun"),
+        ),
+        Variant(
+            "dpm_3m",
+            "DPM-Solver 3M (noise prediction, probability-flow ODE; second step: 2M midpoint)",
+            "ode",
+            "noise",
+            "lambda",
+            (n_first, n_midpoint, n_third),
+            (f"{_DPM_CODE} (algorithm dpmsolver)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
+            Claim(3, f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
+            "ersde_order3_phi_ode_noise_lambda",
+            peer("dpmsolver", 3, "midpoint"),
+        ),
+        Variant(
+            "sde_dpmpp_2m",
+            "SDE-DPM-Solver++(2M), midpoint form (data prediction, reverse SDE)",
+            "sde",
+            "data",
+            "lambda",
+            (first, midpoint),
+            (f"{_DPMPP_PAPER}, SDE-DPM-Solver++(2M)", f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++'"),
+            Claim(2, f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
+            "ersde_order2_phi_sde",
+            peer("sde-dpmsolver++", 2, "midpoint"),
+        ),
+        Variant(
+            "sde_dpmpp_2m_heun",
+            "SDE-DPM-Solver++(2M), heun form (data prediction, reverse SDE)",
+            "sde",
+            "data",
+            "lambda",
+            (first, heun),
+            (f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++', solver_type='heun'", _DPMPP_PAPER),
+            Claim(2, f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
+            "ersde_order2_phi_sde",
+            peer("sde-dpmsolver++", 2, "heun"),
+        ),
+    ]
+
+
+def _first_order_variants() -> list[Variant]:
+    return [
+        Variant(
+            "ddim",
+            "DDIM, eta = 0 (data prediction, probability-flow ODE)",
+            "ode",
+            "data",
+            "s",
+            (Stage(1, _c0 * m0),),
+            ("Song, Meng & Ermon 2021, DDIM (arXiv:2010.02502), eq. 12 with sigma_t = 0",),
+            Claim(1, "Song et al. 2021: the Euler step of the probability-flow ODE in (sigma/alpha, x/alpha)"),
+            "ersde_order1_phi_ode",
+            Peer("DDIMScheduler", "eta=0"),
+        ),
+        Variant(
+            "ddpm",
+            "DDPM ancestral sampling, eta = 1 (data prediction, reverse SDE)",
+            "sde",
+            "data",
+            "s",
+            (Stage(1, _c0 * m0),),
+            ("Ho, Jain & Abbeel 2020, DDPM (arXiv:2006.11239), Algorithm 2 with the posterior q(x_t' | x_t, x0)",),
+            Claim(1, "Ho et al. 2020 (first-order ancestral sampler)"),
+            "ersde_order1_phi_sde",
+            Peer("DDPMScheduler", "variance_type='fixed_small'"),
+        ),
+    ]
+
+
+def _deis_variants() -> list[Variant]:
+    # DEIS with the Lagrange polynomial of eps in log rho, integrated exactly against d rho (rhoAB-DEIS): in
+    # normalized coordinates rho = s and log rho = -lambda, so this is the framework's noise form expanded in
+    # lambda with the interpolating polynomial's derivatives (the same polynomial, so the same update).
+    out = []
+    for k in (1, 2, 3):
+        stages = tuple(Stage(j, -_interpolation_stage(j, (_e0, _e1, _e2))) for j in range(1, k + 1))
+        out.append(
+            Variant(
+                f"deis_{k}",
+                f"DEIS, rhoAB order {k} (noise prediction, probability-flow ODE)",
+                "ode",
+                "noise",
+                "lambda",
+                stages,
+                (
+                    "Zhang & Chen 2023, DEIS (arXiv:2204.13902), rhoAB-DEIS: Lagrange polynomial of eps in log rho",
+                    "diffusers 0.42.1 scheduling_deis_multistep.py (algorithm_type='deis', ind_fn integrals)",
+                ),
+                Claim(k, "Zhang & Chen 2023: order of the extrapolating polynomial"),
+                f"ersde_order{k}_phi_ode_noise_lambda" if k > 1 else "ersde_order1_phi_ode",
+                Peer("DEISMultistepScheduler", f"solver_order={k}"),
+            )
+        )
+    return out
+
+
+def _ersde_variants() -> list[Variant]:
+    # ER-SDE-Solver-k (data prediction, expanded in s, the paper's default noise-scale function): the weights are
+    # the exact Taylor weights c_n (the paper's integrals; its code evaluates them by numerical quadrature), the
+    # derivatives are the backward differences ER_D1, ER_D2.
+    stages = (
+        Stage(1, _c0 * m0),
+        Stage(2, _c0 * m0 + _c1 * D1, (ER_D1,)),
+        Stage(3, _c0 * m0 + _c1 * D1 + _c2 * D2, (ER_D1, ER_D2)),
+    )
+    out = []
+    for k in (1, 2, 3):
+        out.append(
+            Variant(
+                f"ersde_solver_{k}",
+                f"ER-SDE-Solver-{k} (data prediction, ER SDE with the paper's noise-scale function)",
+                "default",
+                "data",
+                "s",
+                stages[:k],
+                (
+                    f"{_ERSDE_PAPER}: ER-SDE-Solver-{k}, Taylor expansion of x0 in sigma with backward differences",
+                ),
+                Claim(k, f"{_ERSDE_PAPER}: order-{k} solver"),
+                f"ersde_order{k}",
+            )
+        )
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def variant_table() -> dict[str, Variant]:
+    variants = [*_first_order_variants(), *_dpm_variants(), *_deis_variants(), *_ersde_variants()]
+    return {v.key: v for v in variants}
+
+
+def variant_names() -> tuple[str, ...]:
+    return tuple(variant_table())
+
+
+def get_variant(key: str) -> Variant:
+    """The variant called ``key`` (``variant_`` prefix accepted); SpecError with suggestions otherwise."""
+    table = variant_table()
+    key = key.removeprefix("variant_")
+    if key not in table:
+        close = difflib.get_close_matches(key, list(table), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SpecError(f"unknown variant {key!r}{hint}; choose one of: {', '.join(table)}")
+    return table[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# checks of the transcription
+# --------------------------------------------------------------------------------------------------
+
+
+def _polynomial_outputs(degree: int) -> dict:
+    """m_j = x(u_{i-j}) for x(u) = (u - u_i)^degree (u_i = 0, so the outputs sit at 0, delta1, delta2)."""
+    nodes = (sp.Integer(0), delta1, delta2)
+    return {outputs[j]: nodes[j] ** degree for j in range(3)}
+
+
+@functools.lru_cache(maxsize=None)
+def check_variant(key: str) -> tuple[str, ...]:
+    """Symbolic checks of a variant's transcription; DerivationError on failure. Returns the statements checked.
+
+    1. each estimate reproduces ``scale x`` the n-th derivative of every polynomial up to its ``exact_degree``;
+    2. each stage is consistent: a constant prediction gives P = (weight 0) x constant, i.e. sum_j W_j is the
+       framework's c0 (e0 with the noise form's sign), so the step is exact for constant predictions.
+    """
+    variant = get_variant(key)
+    checked = []
+    u = sp.Symbol("u")
+    for stage in variant.stages:
+        for estimate in stage.estimates:
+            for degree in range(estimate.exact_degree + 1):
+                exact = sp.diff(u**degree, u, estimate.derivative).subs(u, 0) * estimate.scale
+                residual = sp.simplify(estimate.expr.subs(_polynomial_outputs(degree)) - exact)
+                if residual != 0:
+                    raise DerivationError(
+                        f"variant {key}: estimate {estimate.symbol} is not exact on u^{degree}: residual {residual}"
+                    )
+            checked.append(f"{estimate.symbol} = {estimate.scale} * d^{estimate.derivative}x/du^{estimate.derivative} on degree <= {estimate.exact_degree}")
+        weights = stage.output_weights()
+        first = taylor_symbols(variant.form)[0]
+        expected = first if variant.form == "data" else -first
+        if sp.simplify(sum(weights) - expected) != 0:
+            raise DerivationError(f"variant {key}: stage {stage.k} weights do not sum to {expected}")
+        checked.append(f"stage {stage.k}: sum of output weights = {expected}")
+    return tuple(checked)
