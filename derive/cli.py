@@ -127,18 +127,19 @@ def gen(family, order, phi, method, dynamics, prediction, variable, schedule, va
         click.echo(str(module_path(out, spec)))
 
 
-def _reject_with_variant(ctx: click.Context, command: str, allowed: set[str]) -> None:
-    """A variant fixes its whole spec: any other spec option given with --variant is a conflict."""
+def given_options(ctx: click.Context, names) -> list[str]:
+    """The options among ``names`` (parameter names) that were given on the command line, as ``--flag`` text."""
     from click.core import ParameterSource
 
-    given = sorted(
-        name
-        for name in ctx.params
-        if name not in allowed and ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
-    )
+    flags = {param.name: max(param.opts, key=len) for param in ctx.command.params}
+    return [flags[name] for name in names if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+
+
+def _reject_with_variant(ctx: click.Context, command: str, allowed: set[str]) -> None:
+    """A variant fixes its whole spec: any other spec option given with --variant is a conflict."""
+    given = given_options(ctx, [name for name in ctx.params if name not in allowed])
     if given:
-        options = ", ".join("--" + name.rstrip("_").replace("_", "-") for name in given)
-        raise SpecError(f"{command} --variant fixes the whole spec; it cannot be combined with {options}")
+        raise SpecError(f"{command} --variant fixes the whole spec; it cannot be combined with {', '.join(given)}")
 
 
 @main.command(name="list")

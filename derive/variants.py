@@ -110,8 +110,6 @@ class Variant:
     #: citation lines: where the update (its estimates and weights) is published
     source: tuple[str, ...]
     claim: Claim
-    #: the derived module of the same cost per step that keeps its claim
-    derived: str
     peer: Peer | None = None
 
     # ---- the interface of a Spec that emission and the manifest use -------------------------------------
@@ -125,8 +123,14 @@ class Variant:
 
     @property
     def base_spec(self) -> Spec:
-        """The derivation whose ratio, noise variance and Taylor weights the variant uses."""
+        """The derivation whose ratio, noise variance and Taylor weights the variant uses. Its own module (the
+        interpolating polynomial's derivatives instead of the published estimates) is the derived solver of the
+        same cost per step."""
         return Spec("ersde", self.order, self.phi, prediction=self.form, variable=self.variable)
+
+    @property
+    def derived(self) -> str:
+        return self.base_spec.name
 
     def as_dict(self) -> dict:
         return {
@@ -222,7 +226,6 @@ def _dpm_variants() -> list[Variant]:
             (first, midpoint),
             (f"{_DPMPP_PAPER}, Algorithm 2 (DPM-Solver++(2M)): D = (1 + 1/(2 r)) m0 - 1/(2 r) m1", _DIFFUSERS),
             Claim(2, f"{_DPMPP_PAPER}, Algorithm 2: second-order multistep"),
-            "ersde_order2_phi_ode_lambda",
             peer("dpmsolver++", 2, "midpoint"),
         ),
         Variant(
@@ -234,7 +237,6 @@ def _dpm_variants() -> list[Variant]:
             (first, heun),
             (f"{_DIFFUSERS} solver_type='heun': D1 weight alpha_t ((e^-h - 1)/h + 1)", _DPMPP_PAPER),
             Claim(2, f"{_DIFFUSERS}: solver_order=2"),
-            "ersde_order2_phi_ode_lambda",
             peer("dpmsolver++", 2, "heun"),
         ),
         Variant(
@@ -246,7 +248,6 @@ def _dpm_variants() -> list[Variant]:
             (first, midpoint, third),
             (f"{_DPM_CODE} (algorithm dpmsolver++)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
             Claim(3, f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
-            "ersde_order3_phi_ode_lambda",
             peer("dpmsolver++", 3, "midpoint"),
         ),
         Variant(
@@ -258,7 +259,6 @@ def _dpm_variants() -> list[Variant]:
             (n_first, n_midpoint),
             (f"{_DPM_PAPER}, multistep form as in {_DIFFUSERS} (algorithm_type='dpmsolver')",),
             Claim(2, f"{_DIFFUSERS}: solver_order=2"),
-            "ersde_order2_phi_ode_noise_lambda",
             peer("dpmsolver", 2, "midpoint"),
         ),
         Variant(
@@ -270,7 +270,6 @@ def _dpm_variants() -> list[Variant]:
             (n_first, n_heun),
             (f"{_DIFFUSERS} algorithm_type='dpmsolver', solver_type='heun'", _DPM_PAPER),
             Claim(2, f"{_DIFFUSERS}: solver_order=2"),
-            "ersde_order2_phi_ode_noise_lambda",
             peer("dpmsolver", 2, "heun"),
         ),
         Variant(
@@ -282,7 +281,6 @@ def _dpm_variants() -> list[Variant]:
             (n_first, n_midpoint, n_third),
             (f"{_DPM_CODE} (algorithm dpmsolver)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
             Claim(3, f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
-            "ersde_order3_phi_ode_noise_lambda",
             peer("dpmsolver", 3, "midpoint"),
         ),
         Variant(
@@ -294,7 +292,6 @@ def _dpm_variants() -> list[Variant]:
             (first, midpoint),
             (f"{_DPMPP_PAPER}, SDE-DPM-Solver++(2M)", f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++'"),
             Claim(2, f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
-            "ersde_order2_phi_sde",
             peer("sde-dpmsolver++", 2, "midpoint"),
         ),
         Variant(
@@ -306,7 +303,6 @@ def _dpm_variants() -> list[Variant]:
             (first, heun),
             (f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++', solver_type='heun'", _DPMPP_PAPER),
             Claim(2, f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
-            "ersde_order2_phi_sde",
             peer("sde-dpmsolver++", 2, "heun"),
         ),
     ]
@@ -323,7 +319,6 @@ def _first_order_variants() -> list[Variant]:
             (Stage(1, _c0 * m0),),
             ("Song, Meng & Ermon 2021, DDIM (arXiv:2010.02502), eq. 12 with sigma_t = 0",),
             Claim(1, "Song et al. 2021: the Euler step of the probability-flow ODE in (sigma/alpha, x/alpha)"),
-            "ersde_order1_phi_ode",
             Peer("DDIMScheduler", "eta=0"),
         ),
         Variant(
@@ -334,8 +329,7 @@ def _first_order_variants() -> list[Variant]:
             "s",
             (Stage(1, _c0 * m0),),
             ("Ho, Jain & Abbeel 2020, DDPM (arXiv:2006.11239), Algorithm 2 with the posterior q(x_t' | x_t, x0)",),
-            Claim(1, "Ho et al. 2020 (first-order ancestral sampler)"),
-            "ersde_order1_phi_sde",
+            Claim(1, "no order stated by Ho et al.; 1: the Euler-Maruyama-type discretization it is (Song et al. 2021, score SDE)"),
             Peer("DDPMScheduler", "variance_type='fixed_small'"),
         ),
     ]
@@ -361,7 +355,6 @@ def _deis_variants() -> list[Variant]:
                     "diffusers 0.42.1 scheduling_deis_multistep.py (algorithm_type='deis', ind_fn integrals)",
                 ),
                 Claim(k, "Zhang & Chen 2023: order of the extrapolating polynomial"),
-                f"ersde_order{k}_phi_ode_noise_lambda" if k > 1 else "ersde_order1_phi_ode",
                 Peer("DEISMultistepScheduler", f"solver_order={k}"),
             )
         )
@@ -391,7 +384,6 @@ def _ersde_variants() -> list[Variant]:
                     f"{_ERSDE_PAPER}: ER-SDE-Solver-{k}, Taylor expansion of x0 in sigma with backward differences",
                 ),
                 Claim(k, f"{_ERSDE_PAPER}: order-{k} solver"),
-                f"ersde_order{k}",
             )
         )
     return out

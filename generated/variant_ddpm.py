@@ -6,7 +6,7 @@
 
 A published sampler, written with derive's symbolic pieces. Published in:
     Ho, Jain & Abbeel 2020, DDPM (arXiv:2006.11239), Algorithm 2 with the posterior q(x_t' | x_t, x0)
-Claimed order: 1 (Ho et al. 2020 (first-order ancestral sampler)).
+Claimed order: 1 (no order stated by Ho et al.; 1: the Euler-Maruyama-type discretization it is (Song et al. 2021, score SDE)).
 Reference implementation it reproduces: diffusers DDPMScheduler(variance_type='fixed_small').
 The derived solver of the same cost per step: ersde_order1_phi_sde.
 

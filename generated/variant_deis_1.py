@@ -9,7 +9,7 @@ A published sampler, written with derive's symbolic pieces. Published in:
     diffusers 0.42.1 scheduling_deis_multistep.py (algorithm_type='deis', ind_fn integrals)
 Claimed order: 1 (Zhang & Chen 2023: order of the extrapolating polynomial).
 Reference implementation it reproduces: diffusers DEISMultistepScheduler(solver_order=1).
-The derived solver of the same cost per step: ersde_order1_phi_ode.
+The derived solver of the same cost per step: ersde_order1_phi_ode_noise_lambda.
 
 Entry point: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized sigmas
 s = sigma / alpha, a denoiser model), in normalized coordinates y = x / alpha, with noise-scale function

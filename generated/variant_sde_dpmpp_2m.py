@@ -9,7 +9,7 @@ A published sampler, written with derive's symbolic pieces. Published in:
     diffusers 0.42.1 scheduling_dpmsolver_multistep.py algorithm_type='sde-dpmsolver++'
 Claimed order: 2 (diffusers 0.42.1 scheduling_dpmsolver_multistep.py: solver_order=2 (drift: second order)).
 Reference implementation it reproduces: diffusers DPMSolverMultistepScheduler(algorithm_type='sde-dpmsolver++', solver_order=2, solver_type='midpoint').
-The derived solver of the same cost per step: ersde_order2_phi_sde.
+The derived solver of the same cost per step: ersde_order2_phi_sde_lambda.
 
 Entry point: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized sigmas
 s = sigma / alpha, a denoiser model), in normalized coordinates y = x / alpha, with noise-scale function

@@ -339,3 +339,23 @@ def test_cli_generates_a_variant_identical_to_the_checked_in_one(tmp_path):
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "variant_ddim.py").read_bytes() == (GENERATED / "variant_ddim.py").read_bytes()
     assert time.perf_counter() - started < 60
+
+
+def test_cli_verify_variant_rejects_bad_input():
+    unknown = _cli("verify", "--variant", "unipc_9")
+    conflict = _cli("verify", "--variant", "ddim", "--module", "ersde_order1")
+    assert unknown.returncode == 2 and "unknown variant" in unknown.stderr
+    assert conflict.returncode == 2 and "--module" in conflict.stderr
+    for result in (unknown, conflict):
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("name", "low", "high"), [("dpmpp_3m", 1.8, 2.3), ("ersde_solver_3", 1.7, 2.3), ("deis_3", 2.8, 3.3)])
+def test_measured_method_orders(name, low, high):
+    """The facts in docs/claims.md: the published 3M and ER-SDE-Solver-3 updates have order 2, DEIS-3 order 3."""
+    from derive.verify import harness
+
+    report = harness.verify_module(load_module(f"variant_{name}"), harness.Settings.coarse())
+    (method,) = report.find("method")
+    assert low < method.order < high
+    assert report.passed == (low > 2.5)

@@ -247,6 +247,18 @@ def load_rendered(spec) -> ModuleType:
     return module
 
 
+def load_rendered_variant(variant) -> ModuleType:
+    """Render a published-sampler :class:`~derive.variants.Variant` and import it from a temp dir."""
+    from derive.emit.variant import render_variant
+
+    with tempfile.TemporaryDirectory(prefix="derive-verify-") as tmp:
+        path = pathlib.Path(tmp) / f"{variant.name}.py"
+        path.write_text(render_variant(variant), encoding="utf-8")
+        module = load_module_file(path, variant.name)
+    module.__verify_source__ = "rendered"
+    return module
+
+
 def module_name(module: ModuleType) -> str:
     file = getattr(module, "__file__", None)
     return pathlib.Path(file).stem if file else module.__name__
