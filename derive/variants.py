@@ -196,19 +196,23 @@ _DPM_CODE = "LuChengTHU/dpm-solver dpm_solver_pytorch.py multistep_dpm_solver_th
 _ERSDE_PAPER = "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE (arXiv:2309.06169)"
 
 
+# The DPM-Solver-type stages. Data form: x0 expanded in lambda (DPM-Solver++); noise form: eps expanded in lambda
+# (DPM-Solver). The weights of the published updates are the framework's Taylor weights divided by h^n, except the
+# "midpoint" weight of D1, c0/2 (= -alpha_t (e^{-h} - 1)/2 in VP coordinates), and the D2 weight of the
+# third-order update, c2/h^2 (= -alpha_t phi_3 there): the Taylor term of x0'' needs 2 c2/h^2 with this D2.
+_FIRST = Stage(1, _c0 * m0)
+_MIDPOINT = Stage(2, _c0 * m0 + _c0 / 2 * D1, (DPM_D1_2M,))
+_HEUN = Stage(2, _c0 * m0 + _c1 / step * D1, (DPM_D1_2M,))
+_THIRD = Stage(3, _c0 * m0 + _c1 / step * D1 + _c2 / step**2 * D2, (DPM_D1_3M, DPM_D2_3M))
+_N_FIRST = Stage(1, -_e0 * m0)
+_N_MIDPOINT = Stage(2, -(_e0 * m0 + _e0 / 2 * D1), (DPM_D1_2M,))
+_N_HEUN = Stage(2, -(_e0 * m0 + _e1 / step * D1), (DPM_D1_2M,))
+_N_THIRD = Stage(3, -(_e0 * m0 + _e1 / step * D1 + _e2 / step**2 * D2), (DPM_D1_3M, DPM_D2_3M))
+
+
 def _dpm_variants() -> list[Variant]:
-    # data form: x0 expanded in lambda (DPM-Solver++); noise form: eps expanded in lambda (DPM-Solver).
-    # The weights of the published updates are the framework's Taylor weights divided by h^n, except the
-    # "midpoint" weight of D1, c0/2 (= -alpha_t (e^{-h} - 1)/2 in VP coordinates), and the D2 weight of the
-    # third-order update, c2/h^2 (= -alpha_t phi_3 there): the Taylor term of x0'' needs 2 c2/h^2 with this D2.
-    first = Stage(1, _c0 * m0)
-    midpoint = Stage(2, _c0 * m0 + _c0 / 2 * D1, (DPM_D1_2M,))
-    heun = Stage(2, _c0 * m0 + _c1 / step * D1, (DPM_D1_2M,))
-    third = Stage(3, _c0 * m0 + _c1 / step * D1 + _c2 / step**2 * D2, (DPM_D1_3M, DPM_D2_3M))
-    n_first = Stage(1, -_e0 * m0)
-    n_midpoint = Stage(2, -(_e0 * m0 + _e0 / 2 * D1), (DPM_D1_2M,))
-    n_heun = Stage(2, -(_e0 * m0 + _e1 / step * D1), (DPM_D1_2M,))
-    n_third = Stage(3, -(_e0 * m0 + _e1 / step * D1 + _e2 / step**2 * D2), (DPM_D1_3M, DPM_D2_3M))
+    first, midpoint, heun, third = _FIRST, _MIDPOINT, _HEUN, _THIRD
+    n_first, n_midpoint, n_heun, n_third = _N_FIRST, _N_MIDPOINT, _N_HEUN, _N_THIRD
 
     def peer(algorithm, order, solver_type):
         return Peer(
@@ -389,9 +393,42 @@ def _ersde_variants() -> list[Variant]:
     return out
 
 
+_MRS_PAPER = "Li et al. 2025, MRS: a fast sampler for mean reverting diffusion (arXiv:2502.07856)"
+_MRS_CODE = "the authors' code, universal-image-restoration/utils/sampler.py (MRSampler.step_ode_*, step_sde_*)"
+
+
+def _mrs_variants() -> list[Variant]:
+    # MR Sampler, in the normalized coordinates of the mean-reverting process (y = (x - mu)/alpha, s = sigma/alpha;
+    # the update in the process's own coordinates adds the mu terms of the authors' code, which cancel here):
+    # DPM-Solver-type updates in lambda with the heun-form second stage (phi_2 = phi_1/h + 1 in the data form,
+    # phi_1/h - 1 in the noise form) and, for the ODE, the third-order stage with the DPM-Solver estimates and
+    # phi_3 = phi_2/h - 1/2. The SDE solvers use phi = s^2 (the reverse SDE): data form as SDE-DPM-Solver++,
+    # noise form with weights 2 sigma_t (e^h - 1) = e0 and 2 sigma_t phi_2 = e1/h and noise sigma_t sqrt(e^{2h} - 1).
+    data = (_FIRST, _HEUN, _THIRD)
+    noise = (_N_FIRST, _N_HEUN, _N_THIRD)
+    out = []
+    for dynamics, orders in (("ode", (1, 2, 3)), ("sde", (1, 2))):
+        for form, stages in (("data", data), ("noise", noise)):
+            for k in orders:
+                what = "probability-flow ODE" if dynamics == "ode" else "reverse SDE"
+                out.append(
+                    Variant(
+                        f"mrs_{dynamics}_{k}_{form}",
+                        f"MR Sampler {dynamics.upper()}-{k} ({form} prediction, {what}, normalized coordinates)",
+                        dynamics,
+                        form,
+                        "lambda",
+                        stages[:k],
+                        (f"{_MRS_PAPER}, {dynamics.upper()} solvers", _MRS_CODE),
+                        Claim(k, f"{_MRS_PAPER}: order-{k} {dynamics.upper()} solver"),
+                    )
+                )
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def variant_table() -> dict[str, Variant]:
-    variants = [*_first_order_variants(), *_dpm_variants(), *_deis_variants(), *_ersde_variants()]
+    variants = [*_first_order_variants(), *_dpm_variants(), *_deis_variants(), *_ersde_variants(), *_mrs_variants()]
     return {v.key: v for v in variants}
 
 

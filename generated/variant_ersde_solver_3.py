@@ -10,7 +10,8 @@ Claimed order: 3 (Cui et al. 2023, Elucidating the solution space of extended re
 The derived solver of the same cost per step: ersde_order3.
 
 Entry point: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized sigmas
-s = sigma / alpha, a denoiser model), in normalized coordinates y = x / alpha, with noise-scale function
+s = sigma / alpha, a denoiser model), in normalized coordinates y = x / alpha (y = (x - mu) / alpha for a
+mean-reverting process), with noise-scale function
 
     phi(s) = s*(exp(s**(3/10)) + 10)
 

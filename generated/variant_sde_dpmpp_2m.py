@@ -12,7 +12,8 @@ Reference implementation it reproduces: diffusers DPMSolverMultistepScheduler(al
 The derived solver of the same cost per step: ersde_order2_phi_sde_lambda.
 
 Entry point: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized sigmas
-s = sigma / alpha, a denoiser model), in normalized coordinates y = x / alpha, with noise-scale function
+s = sigma / alpha, a denoiser model), in normalized coordinates y = x / alpha (y = (x - mu) / alpha for a
+mean-reverting process), with noise-scale function
 
     phi(s) = s**2
 

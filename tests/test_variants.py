@@ -359,3 +359,91 @@ def test_measured_method_orders(name, low, high):
     (method,) = report.find("method")
     assert low < method.order < high
     assert report.passed == (low > 2.5)
+
+
+# ---- MR Sampler: the authors' update in the mean-reverting process's own coordinates --------------------------
+
+MU = torch.tensor([0.3, -0.2, 0.8, 0.1], dtype=torch.float64)
+
+
+def _mr_schedule(n=12, stationary_std=0.5):
+    """IR-SDE-like levels: alpha = exp(-theta_bar), sigma^2 = std^2 (1 - alpha^2), theta_bar from 3 to 0.02."""
+    theta_bar = np.geomspace(3.0, 0.02, n + 1)
+    alpha = np.exp(-theta_bar)
+    sigma = stationary_std * np.sqrt(1 - alpha**2)
+    return [float(a) for a in alpha], [float(s) for s in sigma]
+
+
+def _mr_eps(x, alpha, sigma):
+    """E[eps | x_t] for x_t - mu = alpha (x0 - mu) + sigma eps, x0 ~ N(MEAN, diag(VAR)), plus a nonlinear term."""
+    return sigma * (x - MU - alpha * (MEAN - MU)) / (alpha**2 * VAR + sigma**2) + 0.1 * torch.tanh(x) * sigma
+
+
+def mrs_reference(dynamics, form, order, alphas, sigmas, x, zs):
+    """MR Sampler (Li et al. 2025, arXiv:2502.07856; the authors' MRSampler.step_ode_1st/2nd/3rd and
+    step_sde_1st/2nd), in x with the mean mu: step i uses order min(i + 1, order) (the code's start), h =
+    lambda_t - lambda_s, lambda = log(alpha / sigma), r = h_prev / h; data prediction m = mu + (x - mu - sigma eps)/alpha,
+    noise prediction m = eps."""
+    lam = [math.log(a / s) for a, s in zip(alphas, sigmas)]
+    buffer = []
+    for i in range(len(alphas) - 1):
+        a_s, s_s, a_t, s_t = alphas[i], sigmas[i], alphas[i + 1], sigmas[i + 1]
+        eps = _mr_eps(x, a_s, s_s)
+        buffer.insert(0, MU + (x - MU - s_s * eps) / a_s if form == "data" else eps)
+        k = min(i + 1, order)
+        h = lam[i + 1] - lam[i]
+        d1 = d2 = 0.0
+        if k >= 2:
+            r0 = (lam[i] - lam[i - 1]) / h
+            d1_0 = (buffer[0] - buffer[1]) / r0
+            d1 = d1_0
+        if k == 3:
+            r1 = (lam[i - 1] - lam[i - 2]) / h
+            d1_1 = (buffer[1] - buffer[2]) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+        if dynamics == "ode" and form == "data":
+            phi1 = math.expm1(-h)
+            phi2 = phi1 / h + 1
+            phi3 = phi2 / h - 0.5
+            x = s_t / s_s * x - a_t * (phi1 * buffer[0] - phi2 * d1 + phi3 * d2)
+            x = x + MU * (1 - s_t / s_s + s_t / s_s * a_s - a_t)
+        elif dynamics == "ode":
+            phi1 = math.expm1(h)
+            phi2 = phi1 / h - 1
+            phi3 = phi2 / h - 0.5
+            x = a_t / a_s * x - s_t * (phi1 * buffer[0] + phi2 * d1 + phi3 * d2) + MU * (1 - a_t / a_s)
+        elif form == "data":
+            phi1 = -math.expm1(-2 * h)
+            phi2 = 1 - phi1 / 2 / h
+            x = s_t / s_s * math.exp(-h) * x + a_t * phi1 * buffer[0] + a_t * phi2 * d1 + s_t * math.sqrt(phi1) * zs[i]
+            x = x + MU * (1 - a_t / a_s * math.exp(-2 * h) - a_t * phi1)
+        else:
+            phi1 = math.expm1(h)
+            phi2 = phi1 / h - 1
+            x = a_t / a_s * x - 2 * s_t * phi1 * buffer[0] - 2 * s_t * phi2 * d1
+            x = x + s_t * math.sqrt(math.expm1(2 * h)) * zs[i] + MU * (1 - a_t / a_s)
+    return x
+
+
+MRS_CASES = [(d, f, k) for d, orders in (("ode", (1, 2, 3)), ("sde", (1, 2))) for f in ("data", "noise") for k in orders]
+
+
+@pytest.mark.parametrize(("dynamics", "form", "order"), MRS_CASES)
+def test_mr_sampler_matches_the_authors_update(dynamics, form, order):
+    alphas, sigmas = _mr_schedule()
+    s = torch.tensor([sg / a for a, sg in zip(alphas, sigmas)], dtype=torch.float64)
+    level = {float(v): (a, sg) for v, a, sg in zip(s.tolist(), alphas, sigmas)}
+
+    def mr_denoiser(y, s_batch):  # y = (x - mu)/alpha; returns the normalized data prediction x0 - mu
+        alpha, sigma = level[float(s_batch[0])]
+        x = MU + alpha * y
+        return (x - MU - sigma * _mr_eps(x, alpha, sigma)) / alpha
+
+    x_T = MU + sigmas[0] * start() + alphas[0] * (MEAN - MU)
+    zs = noises(len(alphas) - 1)
+    reference = mrs_reference(dynamics, form, order, alphas, sigmas, x_T, zs)
+    module = load_module(f"variant_mrs_{dynamics}_{order}_{form}")
+    noise = iter(zs)
+    y = module.sample(mr_denoiser, (x_T - MU) / alphas[0], s, noise_sampler=lambda a, b: next(noise))
+    assert rel(MU + alphas[-1] * y, reference) < PARITY
