@@ -88,12 +88,8 @@ def gen(family, order, phi, method, dynamics, prediction, variable, schedule, va
         _reject_with_variant(click.get_current_context(), "gen", allowed={"variant", "check", "out", "force"})
         specs = [get_variant(variant)]
     elif all_:
-        ctx = click.get_current_context()
-        given = [
-            f"--{name}"
-            for name in ("family", "order", "phi", "method", "dynamics", "prediction", "variable", "schedule")
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-        ]
+        spec_options = ("family", "order", "phi", "method", "dynamics", "prediction", "variable", "schedule")
+        given = given_options(click.get_current_context(), spec_options)
         if given:
             raise SpecError(f"--all regenerates the whole catalogue and takes no {', '.join(given)}")
         specs = [*CATALOGUE, *variant_table().values()]
