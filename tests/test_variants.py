@@ -305,18 +305,29 @@ def test_every_variant_is_generated_and_checked():
 
 
 def test_dpmpp_3m_weights_half_the_taylor_d2_term():
-    """The published 3M update's D2 weight is c2/h^2; the Taylor term of x0'' with D2 ~ h^2 x0''/2 is 2 c2/h^2."""
+    """The published 3M update differs from the derived order-3 module (lambda) by exactly half its D2 term:
+    with D2 = (D1_0 - D1_1)/(r0 + r1) ~ h^2 x0''/2 the Taylor term of x0'' is 2 c2/h^2 D2, the update uses c2/h^2."""
     module = load_module("variant_dpmpp_3m")
     derived = load_module("ersde_order3_phi_ode_lambda")
-    sigmas = torch.tensor([4.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+    sigmas = torch.tensor([4.0, 2.5, 1.2, 0.5], dtype=torch.float64)  # unequal steps in lambda
     _, _, published, _ = module.coefficient_table(sigmas)
     _, _, exact, _ = derived.coefficient_table(sigmas)
-    # equal steps in lambda (r0 = r1 = 1): D1/h is the 3-point derivative, D2 = (m0 - 2 m1 + m2)/2, so
-    # published - exact = c2/h^2 D2 - c2 (m0 - 2 m1 + m2)/h^2 = -(c2/h^2)(m0 - 2 m1 + m2)/2
+    h = math.log(1.2 / 0.5)
+    r0, r1 = math.log(2.5 / 1.2) / h, math.log(4.0 / 2.5) / h
+    d2 = [1 / (r0 * (r0 + r1)), -(1 / r0 + 1 / r1) / (r0 + r1), 1 / (r1 * (r0 + r1))]  # D2 = sum_j d2_j m_j
     c2 = float(module.taylor_weights(sigmas[2:3], sigmas[3:4])[2][0])
-    h = math.log(2.0)
     difference = [p - e for p, e in zip(published[2], exact[2])]
-    assert difference == pytest.approx([-c2 / h**2 / 2, c2 / h**2, -c2 / h**2 / 2], rel=1e-9)
+    assert difference == pytest.approx([-c2 / h**2 * w for w in d2], rel=1e-9)
+    assert max(abs(v) for v in difference) > 1e-3 * max(abs(v) for v in exact[2])
+
+
+def test_variant_modules_refuse_repeated_sigmas_and_sample_with_a_generator():
+    module = load_module("variant_sde_dpmpp_2m")
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        module.coefficient_table(torch.tensor([2.0, 1.0, 1.0, 0.5], dtype=torch.float64))
+    sigmas = torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=torch.float64)
+    a, b = (module.sample(denoiser, start(), sigmas, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
 def _cli(*args):
@@ -447,3 +458,19 @@ def test_mr_sampler_matches_the_authors_update(dynamics, form, order):
     noise = iter(zs)
     y = module.sample(mr_denoiser, (x_T - MU) / alphas[0], s, noise_sampler=lambda a, b: next(noise))
     assert rel(MU + alphas[-1] * y, reference) < PARITY
+
+
+def test_claims_script_writes_the_table_block_and_the_plot(tmp_path):
+    from click.testing import CliRunner
+
+    from derive.verify import claims
+
+    doc = tmp_path / "claims.md"
+    doc.write_text(f"intro\n{claims.BEGIN}\nold\n{claims.END}\noutro\n")
+    plot = tmp_path / "claims.png"
+    result = CliRunner().invoke(claims.main, ["--coarse", "--variant", "ddim", "--doc", str(doc), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    text = doc.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
+    assert "`derive verify --variant ddim`" in text and "↳ derived `ersde_order1_phi_ode`" in text
+    assert plot.stat().st_size > 0

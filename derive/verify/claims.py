@@ -108,7 +108,7 @@ def write_plot(path: pathlib.Path, rows: list[dict]) -> None:
 
     cols = 4
     n = len(rows)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(4.2 * cols, 3.2 * math.ceil(n / cols)), squeeze=False)
+    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(n / cols)), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, row in zip(axes.flat, rows):
@@ -133,9 +133,9 @@ def write_plot(path: pathlib.Path, rows: list[dict]) -> None:
         ax.grid(True, which="both", linewidth=0.3)
         ax.legend(fontsize=6)
     fig.suptitle("published samplers: error vs step size (Gaussian data, exact reference)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=64)
     plt.close(fig)
 
 
