@@ -40,13 +40,15 @@ step = sp.Symbol("step", nonzero=True)
 delta1, delta2 = offset_symbols(3)
 outputs = sp.symbols("m0 m1 m2", real=True)
 m0, m1, m2 = outputs
+#: the model output at the predicted state, which a corrector (UniC) uses to correct that state
+mt = sp.Symbol("mt", real=True)
 #: names of the published derivative estimates, as they appear in the printed update formulas
 D1, D2 = sp.symbols("D1 D2", real=True)
 
 
 def taylor_symbols(form: str) -> tuple[sp.Symbol, ...]:
     """c0, c1, c2 (data form) or e0, e1, e2 (noise form): the framework's weights of one step."""
-    return sp.symbols(("c0 c1 c2" if form == "data" else "e0 e1 e2"), real=True)
+    return sp.symbols(("c0 c1 c2 c3" if form == "data" else "e0 e1 e2 e3"), real=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,15 +72,21 @@ class Stage:
     k: int
     published: sp.Expr
     estimates: tuple[Estimate, ...] = ()
+    #: a corrector stage: its first input is ``mt``, the output at the state it corrects, then m0, m1, ...
+    corrector: bool = False
 
     @property
     def prediction_term(self) -> sp.Expr:
         return sp.expand(self.published.subs({e.symbol: e.expr for e in self.estimates}))
 
+    @property
+    def inputs(self) -> tuple[sp.Symbol, ...]:
+        return (mt, *outputs[: self.k - 1]) if self.corrector else outputs[: self.k]
+
     def output_weights(self) -> tuple[sp.Expr, ...]:
-        """W_j: the coefficient of m_j in P (P is linear in the outputs)."""
+        """W_j: the coefficient of each input in P (P is linear in them)."""
         term = self.prediction_term
-        return tuple(sp.factor(sp.together(sp.diff(term, outputs[j]))) for j in range(self.k))
+        return tuple(sp.factor(sp.together(sp.diff(term, symbol))) for symbol in self.inputs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +119,8 @@ class Variant:
     source: tuple[str, ...]
     claim: Claim
     peer: Peer | None = None
+    #: per predictor stage (history length p), the corrector applied once the next output is known (UniC)
+    correctors: tuple[Stage, ...] = ()
 
     # ---- the interface of a Spec that emission and the manifest use -------------------------------------
     @property
@@ -126,7 +136,12 @@ class Variant:
         """The derivation whose ratio, noise variance and Taylor weights the variant uses. Its own module (the
         interpolating polynomial's derivatives instead of the published estimates) is the derived solver of the
         same cost per step."""
-        return Spec("ersde", self.order, self.phi, prediction=self.form, variable=self.variable)
+        return Spec("ersde", self.weights_needed, self.phi, prediction=self.form, variable=self.variable)
+
+    @property
+    def weights_needed(self) -> int:
+        """How many Taylor weights c_0, c_1, ... the stages use (a corrector uses one more than the history)."""
+        return self.order + (1 if self.correctors else 0)
 
     @property
     def derived(self) -> str:
@@ -145,7 +160,8 @@ class Variant:
 
     @property
     def digest(self) -> str:
-        payload = json.dumps({**self.as_dict(), "stages": [str(s.prediction_term) for s in self.stages]}, sort_keys=True)
+        stages = [str(s.prediction_term) for s in (*self.stages, *self.correctors)]
+        payload = json.dumps({**self.as_dict(), "stages": stages}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -186,8 +202,8 @@ def _interpolation_stage(k: int, weights: tuple[sp.Symbol, ...]) -> sp.Expr:
 # the catalogue of variants
 # --------------------------------------------------------------------------------------------------
 
-_c0, _c1, _c2 = taylor_symbols("data")
-_e0, _e1, _e2 = taylor_symbols("noise")
+_c0, _c1, _c2, _c3 = taylor_symbols("data")
+_e0, _e1, _e2, _e3 = taylor_symbols("noise")
 
 _DIFFUSERS = "diffusers 0.42.1 scheduling_dpmsolver_multistep.py"
 _DPMPP_PAPER = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095)"
@@ -426,9 +442,78 @@ def _mrs_variants() -> list[Variant]:
     return out
 
 
+_UNIPC_PAPER = "Zhao et al. 2023, UniPC (arXiv:2302.04867)"
+_UNIPC_CODE = "diffusers 0.42.1 scheduling_unipc_multistep.py (multistep_uni_p_bh_update, multistep_uni_c_bh_update)"
+
+
+def unipc_phi(k: int) -> sp.Expr:
+    """h phi_{k+1}(-h) of UniPC's data-prediction updates, by the published recursion: h phi_1 = e^{-h} - 1,
+    h phi_{k+1} = h phi_k / (-h) - 1/k!. :func:`check_unipc_phi` proves it equals -c_k / h^k."""
+    value = sp.exp(-step) - 1
+    for j in range(1, k + 1):
+        value = value / (-step) - 1 / sp.factorial(j)
+    return value
+
+
+def _unipc_stage(p: int, solver_type: str, corrector: bool) -> Stage:
+    """UniP-p (predictor) or UniC-p (corrector), data prediction, B(h) = h (bh1) or e^h - 1 (bh2), in lambda.
+
+    With hh = -h (data prediction): r_k = (lambda_{i-k} - lambda_i)/h, D1_k = (m_k - m0)/r_k, b_i = h phi_{i+1}
+    i! / B(hh), R_ij = r_j^(i-1) (r_p = 1); rho solves R rho = b (the predictor: the system without its last row
+    and column; rho = 1/2 when that system is 1 x 1, and for UniC-1). The step is
+    y' = r y + c0 m0 - B(hh) (sum_k rho_k D1_k [+ rho_p (mt - m0)]), with h phi_{k+1} = -c_k/h^k (checked).
+    """
+    c = (_c0, _c1, _c2, _c3)
+    B = -step if solver_type == "bh1" else -_c0  # bh2: e^{-h} - 1 = -c0
+    hphi = [-c[k] / step**k for k in range(4)]
+    rks = [(delta1, delta2)[k] / step for k in range(p - 1)] + [sp.Integer(1)]
+    size = p if corrector else p - 1
+    if size == 1 and (p == 2 or corrector):
+        rhos = [sp.Rational(1, 2)]
+    elif size == 0:
+        rhos = []
+    else:
+        R = sp.Matrix(size, size, lambda i, j: rks[j] ** i)
+        b = sp.Matrix([hphi[i] * sp.factorial(i) / B for i in range(1, size + 1)])
+        rhos = list(R.LUsolve(b))
+    differences = [(outputs[k] - m0) / rks[k - 1] for k in range(1, p)]
+    residual = sum(rho * d for rho, d in zip(rhos, differences))
+    if corrector:
+        residual += rhos[-1] * (mt - m0)
+    return Stage(p + 1 if corrector else p, _c0 * m0 - B * residual, corrector=corrector)
+
+
+def _unipc_variants() -> list[Variant]:
+    out = []
+    for solver_type in ("bh1", "bh2"):
+        for p in (1, 2, 3):
+            out.append(
+                Variant(
+                    f"unipc_{solver_type}_{p}",
+                    f"UniPC-{p}, B(h) {'= h' if solver_type == 'bh1' else '= e^h - 1'} (UniP-{p} + UniC-{p}, data prediction, probability-flow ODE)",
+                    "ode",
+                    "data",
+                    "lambda",
+                    tuple(_unipc_stage(j, solver_type, False) for j in range(1, p + 1)),
+                    (f"{_UNIPC_PAPER}, Algorithms 1-2 (UniP-p, UniC-p) with B(h) = {solver_type}", _UNIPC_CODE),
+                    Claim(p + 1, f"{_UNIPC_PAPER}: UniC-p raises the order of UniP-p to p + 1"),
+                    Peer("UniPCMultistepScheduler", f"solver_order={p}, solver_type={solver_type!r}, predict_x0=True"),
+                    tuple(_unipc_stage(j, solver_type, True) for j in range(1, p + 1)),
+                )
+            )
+    return out
+
+
 @functools.lru_cache(maxsize=1)
 def variant_table() -> dict[str, Variant]:
-    variants = [*_first_order_variants(), *_dpm_variants(), *_deis_variants(), *_ersde_variants(), *_mrs_variants()]
+    variants = [
+        *_first_order_variants(),
+        *_dpm_variants(),
+        *_deis_variants(),
+        *_ersde_variants(),
+        *_mrs_variants(),
+        *_unipc_variants(),
+    ]
     return {v.key: v for v in variants}
 
 
@@ -469,7 +554,7 @@ def check_variant(key: str) -> tuple[str, ...]:
     variant = get_variant(key)
     checked = []
     u = sp.Symbol("u")
-    for stage in variant.stages:
+    for stage in (*variant.stages, *variant.correctors):
         for estimate in stage.estimates:
             for degree in range(estimate.exact_degree + 1):
                 exact = sp.diff(u**degree, u, estimate.derivative).subs(u, 0) * estimate.scale
@@ -485,4 +570,25 @@ def check_variant(key: str) -> tuple[str, ...]:
         if sp.simplify(sum(weights) - expected) != 0:
             raise DerivationError(f"variant {key}: stage {stage.k} weights do not sum to {expected}")
         checked.append(f"stage {stage.k}: sum of output weights = {expected}")
+    if variant.correctors:
+        checked.extend(check_unipc_phi()[: variant.weights_needed])
+    return tuple(checked)
+
+
+@functools.lru_cache(maxsize=1)
+def check_unipc_phi(count: int = 4) -> tuple[str, ...]:
+    """UniPC's h phi_{k+1}(-h) equals -c_k / h^k, c_k the framework's weight (phi = s, expanded in lambda):
+    c_k = sigma' int_{-h}^0 integrand(sigma, v) dv with sigma' = sigma e^{-h}, integrated by SymPy."""
+    from derive.coefficients import weight_quantity
+    from derive.symbolic.ersde import derive_step, s, sigma, sigma_next, v
+
+    derivation = derive_step(s)
+    checked = []
+    for k in range(count):
+        q = weight_quantity(derivation, k, "data", closed=False, variable="lambda")
+        c_k = sp.integrate(q.integrand.rewrite(sp.exp), (v, -step, 0)) * q.prefactor
+        c_k = c_k.subs(sigma_next, sigma * sp.exp(-step))
+        if sp.simplify(unipc_phi(k) + c_k / step**k) != 0:
+            raise DerivationError(f"UniPC: h phi_{k + 1} is not -c_{k} / h^{k}")
+        checked.append(f"h phi_{k + 1}(-h) = -c_{k} / h^{k}")
     return tuple(checked)

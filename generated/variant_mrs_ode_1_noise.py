@@ -110,6 +110,11 @@ def coefficient_table(sigmas):
     Per step i: y_{i+1} = ratio[i] y_i + sum_j weights[i][j] m_{i-j} + noise_std[i] z; ``final[i]`` marks a
     step to sigma = 0, which returns the data prediction.
     """
+    return _tables(sigmas)[:4]
+
+
+def _tables(sigmas):
+    """The coefficient table."""
     s = _float64(sigmas)
     if s.numel() < 2 or not bool(torch.isfinite(s).all()) or bool((s < 0).any()):
         raise ValueError("sigmas must hold at least two finite, non-negative noise levels")
@@ -123,13 +128,14 @@ def coefficient_table(sigmas):
     ratio = _ratio(sigma, safe_next)
     noise_var = torch.clamp(noise_variance(sigma, safe_next), min=0.0)
     taylor = taylor_weights(sigma, safe_next)
-    ratios, stds, weights, finals = [], [], [], []
+    ratios, stds, weights, finals, corrections = [], [], [], [], []
     for i in range(len(sigma)):
         if final[i]:
             ratios.append(0.0)
             stds.append(0.0)
             weights.append((1.0,))
             finals.append(True)
+            corrections.append(None)
             continue
         k = min(ORDER, i + 1)
         offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
@@ -139,7 +145,8 @@ def coefficient_table(sigmas):
         stds.append(math.sqrt(float(noise_var[i])))
         weights.append(tuple(float(value) for value in w) if k > 1 else (float(w),))
         finals.append(False)
-    return ratios, stds, weights, finals
+        corrections.append(None)
+    return ratios, stds, weights, finals, corrections
 
 
 def _float64(values):
@@ -171,7 +178,7 @@ def sample(
     (used to measure the order of the method itself, free of the lower-order start).
     """
     extra_args = {} if extra_args is None else extra_args
-    ratios, stds, weights, finals = coefficient_table(sigmas)
+    ratios, stds, weights, finals, corrections = _tables(sigmas)
     s_in = x.new_ones([x.shape[0]])
     values = _float64(sigmas).tolist()
     stored = [] if history is None else list(reversed(history))[:ORDER]
@@ -179,7 +186,8 @@ def sample(
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if denoised.shape != x.shape:
             raise ValueError(f"the model returned shape {tuple(denoised.shape)}; expected {tuple(x.shape)}")
-        stored.insert(0, (x - denoised) / values[i])
+        new = (x - denoised) / values[i]
+        stored.insert(0, new)
         del stored[ORDER:]
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})

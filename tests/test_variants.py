@@ -182,6 +182,39 @@ def test_deis_parity(order):
     assert rel(run_variant(f"deis_{order}", sigmas, x_T), run_multistep_peer(scheduler, sigmas, x_T)) < PARITY
 
 
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("solver_type", ["bh1", "bh2"])
+def test_unipc_parity(order, solver_type):
+    """UniPCMultistepScheduler (UniP-p with UniC-p after every step but the last; data prediction). The last step
+    goes to sigma_min (with a final zero and lower_order_final=False its order-p update divides by h = inf)."""
+    from diffusers import UniPCMultistepScheduler
+
+    scheduler = UniPCMultistepScheduler(
+        solver_order=order,
+        solver_type=solver_type,
+        lower_order_final=False,
+        final_sigmas_type="sigma_min",
+        prediction_type="epsilon",
+    )
+    scheduler.set_timesteps(12)
+    sigmas = scheduler.sigmas.to(torch.float64)
+    scheduler.sigmas = sigmas.clone()
+    x_T = start()
+    reference = run_multistep_peer(scheduler, sigmas, x_T)
+    assert rel(run_variant(f"unipc_{solver_type}_{order}", sigmas, x_T), reference) < PARITY
+
+
+def test_unipc_structure_stated_in_the_claims_page():
+    """UniC-p (p >= 2) does not depend on B(h); UniP-3 is the derived order-3 update; UniC-1 does."""
+    sigmas = torch.tensor([4.0, 2.5, 1.2, 0.5, 0.2], dtype=torch.float64)
+    tables = {(t, p): load_module(f"variant_unipc_{t}_{p}")._tables(sigmas) for t in ("bh1", "bh2") for p in (1, 2, 3)}
+    for p in (2, 3):
+        assert tables["bh1", p][4][-1] == pytest.approx(tables["bh2", p][4][-1], rel=1e-12)
+    assert tables["bh1", 1][4][-1] != pytest.approx(tables["bh2", 1][4][-1], rel=1e-3)
+    derived = load_module("ersde_order3_phi_ode_lambda").coefficient_table(sigmas)[2][-1]
+    assert tables["bh1", 3][2][-1] == pytest.approx(derived, rel=1e-12)
+
+
 def _float64_alphas(scheduler):
     """DDIM / DDPM compute their step from float32 tables: give them the same values in float64."""
     scheduler.alphas_cumprod = scheduler.alphas_cumprod.to(torch.float64)

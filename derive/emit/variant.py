@@ -25,6 +25,8 @@ def _stage_lines(variant: Variant) -> list[str]:
         lines.append(f"k = {stage.k}: P = {sp.sstr(stage.published)}")
         for estimate in stage.estimates:
             lines.append(f"       {estimate.symbol} = {sp.sstr(estimate.expr)}")
+    for p, stage in enumerate(variant.correctors, 1):
+        lines.append(f"corrector after k = {p}: P = {sp.sstr(stage.published)}")
     return lines
 
 
@@ -35,8 +37,8 @@ def render_variant(variant: Variant) -> str:
     step_derivation, plan = derive_spec(spec)
     routines, weight_calls, variance_call, _ = _routines(spec, step_derivation, plan)
     routines = [r for r in routines if not r.name.startswith("_derivative_weights_")]
-    weights = taylor_symbols(variant.form)[: variant.order]
-    stage_routines = []
+    weights = taylor_symbols(variant.form)[: variant.weights_needed]
+    stage_routines, corrector_routines = [], []
     for stage in variant.stages:
         name = f"_stage_{stage.k}"
         routines.append(
@@ -49,6 +51,18 @@ def render_variant(variant: Variant) -> str:
             )
         )
         stage_routines.append((stage.k, name))
+    for p, stage in enumerate(variant.correctors, 1):
+        name = f"_corrector_{p}"
+        routines.append(
+            make_routine(
+                name,
+                [*weights, step, *_OFFSETS[: p - 1]],
+                list(stage.output_weights()),
+                f"Weights of mt (the output at the predicted state), m0 .. m{p - 1} in the corrected P after {p} outputs.",
+                prefix="w",
+            )
+        )
+        corrector_routines.append((p, name))
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     spec_dict = variant.as_dict()
     context = {
@@ -79,6 +93,7 @@ def render_variant(variant: Variant) -> str:
         "variance_call": variance_call,
         "any_series": any(q.series for q in plan.quantities),
         "stage_routines": stage_routines,
+        "corrector_routines": corrector_routines,
     }
     text = _environment().get_template("variant.py.jinja").render(**context)
     return format_source(text)

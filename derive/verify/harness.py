@@ -822,7 +822,9 @@ def deterministic_studies(
     what = "probability-flow ODE" if kind == "ode" else "drift ODE (noise off)"
     studies = []
     for v in variants:
-        claim = tolerances.claimed_method_order(K) if v == "method" else None
+        # a published sampler (variant) declares the order its authors claim; a derived module claims K
+        claimed = getattr(module, "CLAIMED_ORDER", K)
+        claim = tolerances.claimed_method_order(claimed) if v == "method" else None
         studies.append(
             make_study(
                 v,
