@@ -446,26 +446,35 @@ _UNIPC_PAPER = "Zhao et al. 2023, UniPC (arXiv:2302.04867)"
 _UNIPC_CODE = "diffusers 0.42.1 scheduling_unipc_multistep.py (multistep_uni_p_bh_update, multistep_uni_c_bh_update)"
 
 
-def unipc_phi(k: int) -> sp.Expr:
-    """h phi_{k+1}(-h) of UniPC's data-prediction updates, by the published recursion: h phi_1 = e^{-h} - 1,
-    h phi_{k+1} = h phi_k / (-h) - 1/k!. :func:`check_unipc_phi` proves it equals -c_k / h^k."""
-    value = sp.exp(-step) - 1
+def unipc_phi(k: int, form: str = "data") -> sp.Expr:
+    """h phi_{k+1}(hh) of UniPC's updates by the published recursion, hh = -h (data prediction) or h (noise):
+    h phi_1 = e^{hh} - 1, h phi_{k+1} = h phi_k / hh - 1/k!. :func:`check_unipc_phi` proves it equals
+    -c_k / h^k (data) and e_k / (sigma' h^k) (noise)."""
+    hh = -step if form == "data" else step
+    value = sp.exp(hh) - 1
     for j in range(1, k + 1):
-        value = value / (-step) - 1 / sp.factorial(j)
+        value = value / hh - 1 / sp.factorial(j)
     return value
 
 
-def _unipc_stage(p: int, solver_type: str, corrector: bool) -> Stage:
-    """UniP-p (predictor) or UniC-p (corrector), data prediction, B(h) = h (bh1) or e^h - 1 (bh2), in lambda.
+def _unipc_stage(p: int, solver_type: str, corrector: bool, form: str) -> Stage:
+    """UniP-p (predictor) or UniC-p (corrector), B(h) = h (bh1) or e^h - 1 (bh2), expanded in lambda.
 
-    With hh = -h (data prediction): r_k = (lambda_{i-k} - lambda_i)/h, D1_k = (m_k - m0)/r_k, b_i = h phi_{i+1}
-    i! / B(hh), R_ij = r_j^(i-1) (r_p = 1); rho solves R rho = b (the predictor: the system without its last row
-    and column; rho = 1/2 when that system is 1 x 1, and for UniC-1). The step is
-    y' = r y + c0 m0 - B(hh) (sum_k rho_k D1_k [+ rho_p (mt - m0)]), with h phi_{k+1} = -c_k/h^k (checked).
+    With hh = -h (data prediction) or h (noise prediction): r_k = (lambda_{i-k} - lambda_i)/h,
+    D1_k = (m_k - m0)/r_k, b_i = h phi_{i+1}(hh) i! / B(hh), R_ij = r_j^(i-1) (r_p = 1); rho solves R rho = b
+    (the predictor: the system without its last row and column; rho = 1/2 when that system is 1 x 1, and for
+    UniC-1). Data: y' = r y + c0 m0 - B(hh) R_p with h phi_{k+1} = -c_k/h^k; noise: y' = y - e0 m0 - sigma' B(hh) R_p
+    with sigma' h phi_{k+1} = e_k/h^k, sigma' h = e0 - e1 and sigma' (e^h - 1) = e0 (checked);
+    R_p = sum_k rho_k D1_k [+ rho_p (mt - m0)].
     """
-    c = (_c0, _c1, _c2, _c3)
-    B = -step if solver_type == "bh1" else -_c0  # bh2: e^{-h} - 1 = -c0
-    hphi = [-c[k] / step**k for k in range(4)]
+    if form == "data":
+        c = (_c0, _c1, _c2, _c3)
+        B = -step if solver_type == "bh1" else -_c0  # bh2: e^{-h} - 1 = -c0
+        hphi = [-c[k] / step**k for k in range(4)]
+    else:  # everything times sigma' (the factor cancels in b)
+        c = (_e0, _e1, _e2, _e3)
+        B = _e0 - _e1 if solver_type == "bh1" else _e0
+        hphi = [c[k] / step**k for k in range(4)]
     rks = [(delta1, delta2)[k] / step for k in range(p - 1)] + [sp.Integer(1)]
     size = p if corrector else p - 1
     if size == 1 and (p == 2 or corrector):
@@ -480,27 +489,33 @@ def _unipc_stage(p: int, solver_type: str, corrector: bool) -> Stage:
     residual = sum(rho * d for rho, d in zip(rhos, differences))
     if corrector:
         residual += rhos[-1] * (mt - m0)
-    return Stage(p + 1 if corrector else p, _c0 * m0 - B * residual, corrector=corrector)
+    published = _c0 * m0 - B * residual if form == "data" else -(_e0 * m0 + B * residual)
+    return Stage(p + 1 if corrector else p, published, corrector=corrector)
 
 
 def _unipc_variants() -> list[Variant]:
     out = []
-    for solver_type in ("bh1", "bh2"):
-        for p in (1, 2, 3):
-            out.append(
-                Variant(
-                    f"unipc_{solver_type}_{p}",
-                    f"UniPC-{p}, B(h) {'= h' if solver_type == 'bh1' else '= e^h - 1'} (UniP-{p} + UniC-{p}, data prediction, probability-flow ODE)",
-                    "ode",
-                    "data",
-                    "lambda",
-                    tuple(_unipc_stage(j, solver_type, False) for j in range(1, p + 1)),
-                    (f"{_UNIPC_PAPER}, Algorithms 1-2 (UniP-p, UniC-p) with B(h) = {solver_type}", _UNIPC_CODE),
-                    Claim(p + 1, f"{_UNIPC_PAPER}: UniC-p raises the order of UniP-p to p + 1"),
-                    Peer("UniPCMultistepScheduler", f"solver_order={p}, solver_type={solver_type!r}, predict_x0=True"),
-                    tuple(_unipc_stage(j, solver_type, True) for j in range(1, p + 1)),
+    for form in ("data", "noise"):
+        for solver_type in ("bh1", "bh2"):
+            for p in (1, 2, 3):
+                B = "h" if solver_type == "bh1" else "e^h - 1"
+                out.append(
+                    Variant(
+                        f"unipc_{solver_type}_{p}" + ("" if form == "data" else "_noise"),
+                        f"UniPC-{p}, B(h) = {B} (UniP-{p} + UniC-{p}, {form} prediction, probability-flow ODE)",
+                        "ode",
+                        form,
+                        "lambda",
+                        tuple(_unipc_stage(j, solver_type, False, form) for j in range(1, p + 1)),
+                        (f"{_UNIPC_PAPER}, Algorithms 1-2 (UniP-p, UniC-p) with B(h) = {solver_type}", _UNIPC_CODE),
+                        Claim(p + 1, f"{_UNIPC_PAPER}: UniC-p raises the order of UniP-p to p + 1"),
+                        Peer(
+                            "UniPCMultistepScheduler",
+                            f"solver_order={p}, solver_type={solver_type!r}, predict_x0={form == 'data'}",
+                        ),
+                        tuple(_unipc_stage(j, solver_type, True, form) for j in range(1, p + 1)),
+                    )
                 )
-            )
     return out
 
 
@@ -571,24 +586,37 @@ def check_variant(key: str) -> tuple[str, ...]:
             raise DerivationError(f"variant {key}: stage {stage.k} weights do not sum to {expected}")
         checked.append(f"stage {stage.k}: sum of output weights = {expected}")
     if variant.correctors:
-        checked.extend(check_unipc_phi()[: variant.weights_needed])
+        checked.extend(check_unipc_phi(variant.form))
     return tuple(checked)
 
 
-@functools.lru_cache(maxsize=1)
-def check_unipc_phi(count: int = 4) -> tuple[str, ...]:
-    """UniPC's h phi_{k+1}(-h) equals -c_k / h^k, c_k the framework's weight (phi = s, expanded in lambda):
-    c_k = sigma' int_{-h}^0 integrand(sigma, v) dv with sigma' = sigma e^{-h}, integrated by SymPy."""
+@functools.lru_cache(maxsize=2)
+def check_unipc_phi(form: str = "data", count: int = 4) -> tuple[str, ...]:
+    """UniPC's h phi_{k+1} in the framework's weights (phi = s, expanded in lambda), integrated by SymPy from the
+    framework's own integrand (sigma' = sigma e^{-h}): data h phi_{k+1}(-h) = -c_k / h^k; noise
+    sigma' h phi_{k+1}(h) = e_k / h^k; and the noise form's B(h): sigma' h = e0 - e1, sigma' (e^h - 1) = e0."""
     from derive.coefficients import weight_quantity
     from derive.symbolic.ersde import derive_step, s, sigma, sigma_next, v
 
     derivation = derive_step(s)
-    checked = []
+    weights = []
     for k in range(count):
-        q = weight_quantity(derivation, k, "data", closed=False, variable="lambda")
-        c_k = sp.integrate(q.integrand.rewrite(sp.exp), (v, -step, 0)) * q.prefactor
-        c_k = c_k.subs(sigma_next, sigma * sp.exp(-step))
-        if sp.simplify(unipc_phi(k) + c_k / step**k) != 0:
-            raise DerivationError(f"UniPC: h phi_{k + 1} is not -c_{k} / h^{k}")
-        checked.append(f"h phi_{k + 1}(-h) = -c_{k} / h^{k}")
+        q = weight_quantity(derivation, k, form, closed=False, variable="lambda")
+        value = sp.integrate(q.integrand.rewrite(sp.exp), (v, -step, 0)) * q.prefactor
+        weights.append(value.subs(sigma_next, sigma * sp.exp(-step)))
+    checked = []
+    scale = 1 if form == "data" else sigma * sp.exp(-step)
+    for k in range(count):
+        expected = -weights[k] / step**k if form == "data" else weights[k] / step**k
+        if sp.simplify(scale * unipc_phi(k, form) - expected) != 0:
+            raise DerivationError(f"UniPC ({form} prediction): h phi_{k + 1} does not match the weight {k}")
+        checked.append(f"h phi_{k + 1} = {'-c' if form == 'data' else 'e'}_{k} / h^{k} ({form})")
+    if form == "noise":
+        for name, published, expected in (
+            ("sigma' h", scale * step, weights[0] - weights[1]),
+            ("sigma' (e^h - 1)", scale * (sp.exp(step) - 1), weights[0]),
+        ):
+            if sp.simplify(published - expected) != 0:
+                raise DerivationError(f"UniPC (noise prediction): {name} does not match the weights")
+            checked.append(f"{name} in e0, e1")
     return tuple(checked)

@@ -184,14 +184,17 @@ def test_deis_parity(order):
 
 @pytest.mark.parametrize("order", [1, 2, 3])
 @pytest.mark.parametrize("solver_type", ["bh1", "bh2"])
-def test_unipc_parity(order, solver_type):
-    """UniPCMultistepScheduler (UniP-p with UniC-p after every step but the last; data prediction). The last step
-    goes to sigma_min (with a final zero and lower_order_final=False its order-p update divides by h = inf)."""
+@pytest.mark.parametrize("form", ["data", "noise"])
+def test_unipc_parity(order, solver_type, form):
+    """UniPCMultistepScheduler (UniP-p with UniC-p after every step but the last; predict_x0 for the data form).
+    The last step goes to sigma_min (with a final zero and lower_order_final=False its order-p update divides by
+    h = inf)."""
     from diffusers import UniPCMultistepScheduler
 
     scheduler = UniPCMultistepScheduler(
         solver_order=order,
         solver_type=solver_type,
+        predict_x0=form == "data",
         lower_order_final=False,
         final_sigmas_type="sigma_min",
         prediction_type="epsilon",
@@ -201,7 +204,8 @@ def test_unipc_parity(order, solver_type):
     scheduler.sigmas = sigmas.clone()
     x_T = start()
     reference = run_multistep_peer(scheduler, sigmas, x_T)
-    assert rel(run_variant(f"unipc_{solver_type}_{order}", sigmas, x_T), reference) < PARITY
+    name = f"unipc_{solver_type}_{order}" + ("" if form == "data" else "_noise")
+    assert rel(run_variant(name, sigmas, x_T), reference) < PARITY
 
 
 def test_unipc_structure_stated_in_the_claims_page():

@@ -106,7 +106,7 @@ def write_plot(path: pathlib.Path, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = 4
+    cols = 5
     n = len(rows)
     fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(n / cols)), squeeze=False)
     for ax in axes.flat[n:]:
@@ -135,7 +135,7 @@ def write_plot(path: pathlib.Path, rows: list[dict]) -> None:
     fig.suptitle("published samplers: error vs step size (Gaussian data, exact reference)", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.985))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=64)
+    fig.savefig(path, dpi=56)
     plt.close(fig)
 
 
