@@ -484,7 +484,7 @@ def _unipc_stage(p: int, solver_type: str, corrector: bool, form: str) -> Stage:
     else:
         R = sp.Matrix(size, size, lambda i, j: rks[j] ** i)
         b = sp.Matrix([hphi[i] * sp.factorial(i) / B for i in range(1, size + 1)])
-        rhos = list(R.LUsolve(b))
+        rhos = [sp.factor(sp.cancel(rho)) for rho in R.LUsolve(b)]
     differences = [(outputs[k] - m0) / rks[k - 1] for k in range(1, p)]
     residual = sum(rho * d for rho, d in zip(rhos, differences))
     if corrector:
@@ -573,7 +573,7 @@ def check_variant(key: str) -> tuple[str, ...]:
         for estimate in stage.estimates:
             for degree in range(estimate.exact_degree + 1):
                 exact = sp.diff(u**degree, u, estimate.derivative).subs(u, 0) * estimate.scale
-                residual = sp.simplify(estimate.expr.subs(_polynomial_outputs(degree)) - exact)
+                residual = sp.cancel(sp.together(estimate.expr.subs(_polynomial_outputs(degree)) - exact))
                 if residual != 0:
                     raise DerivationError(
                         f"variant {key}: estimate {estimate.symbol} is not exact on u^{degree}: residual {residual}"
@@ -582,7 +582,7 @@ def check_variant(key: str) -> tuple[str, ...]:
         weights = stage.output_weights()
         first = taylor_symbols(variant.form)[0]
         expected = first if variant.form == "data" else -first
-        if sp.simplify(sum(weights) - expected) != 0:
+        if sp.cancel(sp.together(sum(weights) - expected)) != 0:  # rational in the weights and offsets
             raise DerivationError(f"variant {key}: stage {stage.k} weights do not sum to {expected}")
         checked.append(f"stage {stage.k}: sum of output weights = {expected}")
     if variant.correctors:
