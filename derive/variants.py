@@ -226,106 +226,54 @@ _N_HEUN = Stage(2, -(_e0 * m0 + _e1 / step * D1), (DPM_D1_2M,))
 _N_THIRD = Stage(3, -(_e0 * m0 + _e1 / step * D1 + _e2 / step**2 * D2), (DPM_D1_3M, DPM_D2_3M))
 
 
+#: (key, title, dynamics, form, second stage, order, diffusers algorithm_type, sources, claim order, claim text)
+_DPM_TABLE = (
+    ("dpmpp_2m", "DPM-Solver++(2M), midpoint form (data prediction, probability-flow ODE)", "ode", "data",
+     "midpoint", 2, "dpmsolver++",
+     (f"{_DPMPP_PAPER}, Algorithm 2 (DPM-Solver++(2M)): D = (1 + 1/(2 r)) m0 - 1/(2 r) m1", _DIFFUSERS),
+     f"{_DPMPP_PAPER}, Algorithm 2: second-order multistep"),
+    ("dpmpp_2m_heun", "DPM-Solver++(2M), heun form (data prediction, probability-flow ODE)", "ode", "data",
+     "heun", 2, "dpmsolver++",
+     (f"{_DIFFUSERS} solver_type='heun': D1 weight alpha_t ((e^-h - 1)/h + 1)", _DPMPP_PAPER),
+     f"{_DIFFUSERS}: solver_order=2"),
+    ("dpmpp_3m", "DPM-Solver++(3M) (data prediction, probability-flow ODE; second step: 2M midpoint)", "ode",
+     "data", "midpoint", 3, "dpmsolver++",
+     (f"{_DPM_CODE} (algorithm dpmsolver++)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
+     f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
+    ("dpm_2m", "DPM-Solver 2M, midpoint form (noise prediction, probability-flow ODE)", "ode", "noise",
+     "midpoint", 2, "dpmsolver",
+     (f"{_DPM_PAPER}, multistep form as in {_DIFFUSERS} (algorithm_type='dpmsolver')",),
+     f"{_DIFFUSERS}: solver_order=2"),
+    ("dpm_2m_heun", "DPM-Solver 2M, heun form (noise prediction, probability-flow ODE)", "ode", "noise",
+     "heun", 2, "dpmsolver",
+     (f"{_DIFFUSERS} algorithm_type='dpmsolver', solver_type='heun'", _DPM_PAPER),
+     f"{_DIFFUSERS}: solver_order=2"),
+    ("dpm_3m", "DPM-Solver 3M (noise prediction, probability-flow ODE; second step: 2M midpoint)", "ode",
+     "noise", "midpoint", 3, "dpmsolver",
+     (f"{_DPM_CODE} (algorithm dpmsolver)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
+     f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
+    ("sde_dpmpp_2m", "SDE-DPM-Solver++(2M), midpoint form (data prediction, reverse SDE)", "sde", "data",
+     "midpoint", 2, "sde-dpmsolver++",
+     (f"{_DPMPP_PAPER}, SDE-DPM-Solver++(2M)", f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++'"),
+     f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
+    ("sde_dpmpp_2m_heun", "SDE-DPM-Solver++(2M), heun form (data prediction, reverse SDE)", "sde", "data",
+     "heun", 2, "sde-dpmsolver++",
+     (f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++', solver_type='heun'", _DPMPP_PAPER),
+     f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
+)  # fmt: skip
+
+
 def _dpm_variants() -> list[Variant]:
-    first, midpoint, heun, third = _FIRST, _MIDPOINT, _HEUN, _THIRD
-    n_first, n_midpoint, n_heun, n_third = _N_FIRST, _N_MIDPOINT, _N_HEUN, _N_THIRD
-
-    def peer(algorithm, order, solver_type):
-        return Peer(
-            "DPMSolverMultistepScheduler",
-            f"algorithm_type={algorithm!r}, solver_order={order}, solver_type={solver_type!r}",
+    out = []
+    for key, title, dynamics, form, second, order, algorithm, source, claim in _DPM_TABLE:
+        first, midpoint, heun, third = (
+            (_FIRST, _MIDPOINT, _HEUN, _THIRD) if form == "data" else (_N_FIRST, _N_MIDPOINT, _N_HEUN, _N_THIRD)
         )
-
-    return [
-        Variant(
-            "dpmpp_2m",
-            "DPM-Solver++(2M), midpoint form (data prediction, probability-flow ODE)",
-            "ode",
-            "data",
-            "lambda",
-            (first, midpoint),
-            (f"{_DPMPP_PAPER}, Algorithm 2 (DPM-Solver++(2M)): D = (1 + 1/(2 r)) m0 - 1/(2 r) m1", _DIFFUSERS),
-            Claim(2, f"{_DPMPP_PAPER}, Algorithm 2: second-order multistep"),
-            peer("dpmsolver++", 2, "midpoint"),
-        ),
-        Variant(
-            "dpmpp_2m_heun",
-            "DPM-Solver++(2M), heun form (data prediction, probability-flow ODE)",
-            "ode",
-            "data",
-            "lambda",
-            (first, heun),
-            (f"{_DIFFUSERS} solver_type='heun': D1 weight alpha_t ((e^-h - 1)/h + 1)", _DPMPP_PAPER),
-            Claim(2, f"{_DIFFUSERS}: solver_order=2"),
-            peer("dpmsolver++", 2, "heun"),
-        ),
-        Variant(
-            "dpmpp_3m",
-            "DPM-Solver++(3M) (data prediction, probability-flow ODE; second step: 2M midpoint)",
-            "ode",
-            "data",
-            "lambda",
-            (first, midpoint, third),
-            (f"{_DPM_CODE} (algorithm dpmsolver++)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
-            Claim(3, f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
-            peer("dpmsolver++", 3, "midpoint"),
-        ),
-        Variant(
-            "dpm_2m",
-            "DPM-Solver 2M, midpoint form (noise prediction, probability-flow ODE)",
-            "ode",
-            "noise",
-            "lambda",
-            (n_first, n_midpoint),
-            (f"{_DPM_PAPER}, multistep form as in {_DIFFUSERS} (algorithm_type='dpmsolver')",),
-            Claim(2, f"{_DIFFUSERS}: solver_order=2"),
-            peer("dpmsolver", 2, "midpoint"),
-        ),
-        Variant(
-            "dpm_2m_heun",
-            "DPM-Solver 2M, heun form (noise prediction, probability-flow ODE)",
-            "ode",
-            "noise",
-            "lambda",
-            (n_first, n_heun),
-            (f"{_DIFFUSERS} algorithm_type='dpmsolver', solver_type='heun'", _DPM_PAPER),
-            Claim(2, f"{_DIFFUSERS}: solver_order=2"),
-            peer("dpmsolver", 2, "heun"),
-        ),
-        Variant(
-            "dpm_3m",
-            "DPM-Solver 3M (noise prediction, probability-flow ODE; second step: 2M midpoint)",
-            "ode",
-            "noise",
-            "lambda",
-            (n_first, n_midpoint, n_third),
-            (f"{_DPM_CODE} (algorithm dpmsolver)", f"{_DIFFUSERS} multistep_dpm_solver_third_order_update"),
-            Claim(3, f"{_DIFFUSERS}: solver_order=3 (third-order multistep)"),
-            peer("dpmsolver", 3, "midpoint"),
-        ),
-        Variant(
-            "sde_dpmpp_2m",
-            "SDE-DPM-Solver++(2M), midpoint form (data prediction, reverse SDE)",
-            "sde",
-            "data",
-            "lambda",
-            (first, midpoint),
-            (f"{_DPMPP_PAPER}, SDE-DPM-Solver++(2M)", f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++'"),
-            Claim(2, f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
-            peer("sde-dpmsolver++", 2, "midpoint"),
-        ),
-        Variant(
-            "sde_dpmpp_2m_heun",
-            "SDE-DPM-Solver++(2M), heun form (data prediction, reverse SDE)",
-            "sde",
-            "data",
-            "lambda",
-            (first, heun),
-            (f"{_DIFFUSERS} algorithm_type='sde-dpmsolver++', solver_type='heun'", _DPMPP_PAPER),
-            Claim(2, f"{_DIFFUSERS}: solver_order=2 (drift: second order)"),
-            peer("sde-dpmsolver++", 2, "heun"),
-        ),
-    ]
+        stages = (first, midpoint if second == "midpoint" else heun, third)[:order]
+        config = f"algorithm_type={algorithm!r}, solver_order={order}, solver_type={second!r}"
+        peer = Peer("DPMSolverMultistepScheduler", config)
+        out.append(Variant(key, title, dynamics, form, "lambda", stages, source, Claim(order, claim), peer))
+    return out
 
 
 def _first_order_variants() -> list[Variant]:
