@@ -72,25 +72,27 @@ def main() -> None:
 @click.option("--prediction", type=click.Choice(PREDICTIONS), default=None, help="What the model predicts; selects the update form (default: the family's usual one).")
 @click.option("--variable", type=click.Choice(VARIABLES), default="s", show_default=True, help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma) (t, the family's own time, is refused with the reason).")
 @click.option("--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde).")
-@click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules.")
+@click.option("--variant", default=None, help="A published sampler (see `derive list`), written with the derivation's pieces.")
+@click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules (variants included).")
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("generated"), show_default=True, help="Output folder.")
 @click.option("--force", is_flag=True, help="Overwrite files that were edited by hand.")
-def gen(family, order, phi, method, dynamics, prediction, variable, schedule, all_, check, out, force) -> None:
+def gen(family, order, phi, method, dynamics, prediction, variable, schedule, variant, all_, check, out, force) -> None:
     """Derive and emit solver modules (prints the paths written)."""
     from derive.emit.render import render
+    from derive.emit.variant import render_variant
     from derive.emit.write import diff_modules, module_path, write_modules
+    from derive.variants import Variant, get_variant, variant_table
 
-    if all_:
-        ctx = click.get_current_context()
-        given = [
-            f"--{name}"
-            for name in ("family", "order", "phi", "method", "dynamics", "prediction", "variable", "schedule")
-            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
-        ]
+    if variant is not None:
+        _reject_with_variant(click.get_current_context(), "gen", allowed={"variant", "check", "out", "force"})
+        specs = [get_variant(variant)]
+    elif all_:
+        spec_options = ("family", "order", "phi", "method", "dynamics", "prediction", "variable", "schedule")
+        given = given_options(click.get_current_context(), spec_options)
         if given:
             raise SpecError(f"--all regenerates the whole catalogue and takes no {', '.join(given)}")
-        specs = list(CATALOGUE)
+        specs = [*CATALOGUE, *variant_table().values()]
     else:
         if order is None:
             raise click.UsageError("give --order K (or --all)")
@@ -108,7 +110,7 @@ def gen(family, order, phi, method, dynamics, prediction, variable, schedule, al
                 variable=variable,
             )
         ]
-    rendered = {spec: render(spec) for spec in specs}
+    rendered = {spec: render_variant(spec) if isinstance(spec, Variant) else render(spec) for spec in specs}
     if check:
         diff = diff_modules(rendered, out, manifest_complete=all_)
         if diff:
@@ -121,9 +123,24 @@ def gen(family, order, phi, method, dynamics, prediction, variable, schedule, al
         click.echo(str(module_path(out, spec)))
 
 
+def given_options(ctx: click.Context, names) -> list[str]:
+    """The options among ``names`` (parameter names) that were given on the command line, as ``--flag`` text."""
+    from click.core import ParameterSource
+
+    flags = {param.name: max(param.opts, key=len) for param in ctx.command.params}
+    return [flags[name] for name in names if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+
+
+def _reject_with_variant(ctx: click.Context, command: str, allowed: set[str]) -> None:
+    """A variant fixes its whole spec: any other spec option given with --variant is a conflict."""
+    given = given_options(ctx, [name for name in ctx.params if name not in allowed])
+    if given:
+        raise SpecError(f"{command} --variant fixes the whole spec; it cannot be combined with {', '.join(given)}")
+
+
 @main.command(name="list")
 def list_() -> None:
-    """The catalogue of checked-in modules."""
+    """The catalogue of checked-in modules and the published samplers (variants)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -143,6 +160,14 @@ def list_() -> None:
             spec.resolved_schedule or "-",
         )
     Console().print(table)
+    from derive.variants import variant_table
+
+    variants = Table(title="published samplers (derive gen --variant NAME)")
+    for column in ("variant", "module", "order", "phi", "prediction", "sampler"):
+        variants.add_column(column)
+    for variant in variant_table().values():
+        variants.add_row(variant.key, variant.name, str(variant.order), variant.base_spec.phi_text, variant.form, variant.title)
+    Console().print(variants)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -212,6 +212,8 @@ REFERENCE: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("derive.emit.render", ("derive_spec", "render")),
+    ("derive.variants", ("Variant", "Stage", "Estimate", "variant_table", "get_variant", "check_variant")),
+    ("derive.emit.variant", ("render_variant",)),
     ("derive.explain", ("build_explanation", "render_explanation")),
     (
         "derive.explain.steps",

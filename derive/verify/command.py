@@ -52,7 +52,13 @@ def _families() -> tuple[str, ...]:
 @click.option("--schedule", "family_schedule", default=None, help="Noise schedule of a process-family spec.")
 @click.option("--variable", default=None, help="Expansion variable of the spec (s or lambda).")
 @click.option("--module", "modules", multiple=True, help="A checked-in module by name (repeatable).")
-@click.option("--all", "all_", is_flag=True, help="Every module in generated/MANIFEST.json.")
+@click.option("--all", "all_", is_flag=True, help="Every catalogue module in generated/MANIFEST.json (not the variants).")
+@click.option(
+    "--variant",
+    "variants",
+    multiple=True,
+    help="A published sampler by name (repeatable; see `derive list`): its claimed order is checked.",
+)
 @click.option(
     "--problem",
     type=click.Choice(PROBLEM_CHOICES),
@@ -95,6 +101,7 @@ def verify(
     variable,
     modules,
     all_,
+    variants,
     problem,
     steps,
     plot,
@@ -117,9 +124,13 @@ def verify(
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=160)  # logs and pipes: room for every column instead of rich's 80
     status = Console(stderr=True)
-    targets = _resolve(
-        family, order, phi, method, dynamics, prediction, family_schedule, variable, modules, all_, status
-    )
+    if variants:
+        _reject_with_variant(click.get_current_context())
+        targets = [_variant_target(name) for name in variants]
+    else:
+        targets = _resolve(
+            family, order, phi, method, dynamics, prediction, family_schedule, variable, modules, all_, status
+        )
     reports = _run(targets, settings, status)
     console.print(_table(reports, settings))
     failures = [r for r in reports if not r.passed]
@@ -144,6 +155,26 @@ def verify(
 # --------------------------------------------------------------------------------------------------
 # resolving and running
 # --------------------------------------------------------------------------------------------------
+
+
+def _reject_with_variant(ctx: click.Context) -> None:
+    """A variant names its module: options that describe another target conflict with it."""
+    from derive.cli import given_options
+
+    targets = ("family", "order", "phi", "method", "dynamics", "prediction", "family_schedule", "variable", "modules", "all_")
+    given = given_options(ctx, targets)
+    if given:
+        raise SpecError(f"--variant names the module to verify; it cannot be combined with {', '.join(given)}")
+
+
+def _variant_target(key: str):
+    """(name, module) of a published-sampler variant: the checked-in module, else rendered now."""
+    from derive.variants import get_variant
+
+    variant = get_variant(key)
+    if variant.name in harness.manifest(variants=True):
+        return variant.name, harness.load_checked_in(variant.name)
+    return variant.name, harness.load_rendered_variant(variant)
 
 
 def _resolve(

@@ -199,12 +199,14 @@ def parse_steps(text: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------------------------------
 
 
-def manifest(folder: pathlib.Path = GENERATED_DIR) -> dict:
-    """The checked-in modules: ``{name: entry}`` from ``MANIFEST.json`` (empty if there is none)."""
+def manifest(folder: pathlib.Path = GENERATED_DIR, *, variants: bool = False) -> dict:
+    """The checked-in modules: ``{name: entry}`` from ``MANIFEST.json`` (empty if there is none). Published-sampler
+    variants (``derive verify --variant``) are listed only with ``variants=True``, and then alone."""
     path = pathlib.Path(folder) / "MANIFEST.json"
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    entries = json.loads(path.read_text(encoding="utf-8"))
+    return {name: entry for name, entry in entries.items() if ("variant" in entry) == variants}
 
 
 def load_module_file(path: pathlib.Path, name: str | None = None) -> ModuleType:
@@ -222,7 +224,7 @@ def load_module_file(path: pathlib.Path, name: str | None = None) -> ModuleType:
 def load_checked_in(name: str, folder: pathlib.Path = GENERATED_DIR) -> ModuleType:
     """A module listed in ``folder/MANIFEST.json`` (``name`` with or without ``.py``)."""
     name = name.removesuffix(".py")
-    entries = manifest(folder)
+    entries = {**manifest(folder), **manifest(folder, variants=True)}
     if name not in entries:
         close = difflib.get_close_matches(name, list(entries), n=3)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -241,6 +243,18 @@ def load_rendered(spec) -> ModuleType:
         path = pathlib.Path(tmp) / f"{spec.name}.py"
         path.write_text(text, encoding="utf-8")
         module = load_module_file(path, spec.name)
+    module.__verify_source__ = "rendered"
+    return module
+
+
+def load_rendered_variant(variant) -> ModuleType:
+    """Render a published-sampler :class:`~derive.variants.Variant` and import it from a temp dir."""
+    from derive.emit.variant import render_variant
+
+    with tempfile.TemporaryDirectory(prefix="derive-verify-") as tmp:
+        path = pathlib.Path(tmp) / f"{variant.name}.py"
+        path.write_text(render_variant(variant), encoding="utf-8")
+        module = load_module_file(path, variant.name)
     module.__verify_source__ = "rendered"
     return module
 
@@ -808,7 +822,9 @@ def deterministic_studies(
     what = "probability-flow ODE" if kind == "ode" else "drift ODE (noise off)"
     studies = []
     for v in variants:
-        claim = tolerances.claimed_method_order(getattr(module, "METHOD_ORDER", K)) if v == "method" else None
+        # a published sampler (variant) declares the order its authors claim; a derived module its method order
+        claimed = getattr(module, "CLAIMED_ORDER", getattr(module, "METHOD_ORDER", K))
+        claim = tolerances.claimed_method_order(claimed) if v == "method" else None
         studies.append(
             make_study(
                 v,
