@@ -69,6 +69,11 @@ DET_OURS = {
     "ours λ2": "ersde_order2_phi_ode_lambda",
     "ours λ3": "ersde_order3_phi_ode_lambda",
     "ours λ4": "ersde_order4_phi_ode_lambda",
+    # predictor-corrector (--method pc): order K + 1 with K stored outputs, one model call per step
+    "ours pc s2": "ersde_order2_phi_ode_pc",
+    "ours pc s3": "ersde_order3_phi_ode_pc",
+    "ours pc λ2": "ersde_order2_phi_ode_lambda_pc",
+    "ours pc λ3": "ersde_order3_phi_ode_lambda_pc",
 }
 #: our noise-form modules expanded in lambda (``derive gen --family vpsde --dynamics ode --variable lambda``): not in
 #: the catalogue, generated into a temporary folder when the benchmark starts (skipped by --quick / --no-extra)
