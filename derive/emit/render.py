@@ -287,6 +287,29 @@ def _evaluation_notes(plan: CoefficientPlan) -> list[str]:
     return notes
 
 
+def step_text(expr: sp.Expr) -> str:
+    """A step expression as docstring text, with s_i and s_{i+1} for sigma and sigma_next."""
+    return sp.sstr(expr).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i")
+
+
+def shared_context(spec_dict: dict, digest: str, plan: CoefficientPlan, routines, weight_calls, variance_call) -> dict:
+    """Template values every generated module has: its spec, the printed routines and the evaluation plan."""
+    xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
+    return {
+        "spec_json": json.dumps(spec_dict, sort_keys=True),
+        "spec_python": repr(dict(sorted(spec_dict.items()))),
+        "spec_digest": digest,
+        "evaluation_notes": _evaluation_notes(plan),
+        "quadrature_nodes": plan.quadrature_nodes if plan.uses_quadrature else 0,
+        "quadrature_x": [repr(x) for x in xs],
+        "quadrature_w": [repr(w) for w in ws],
+        "routines": routines,
+        "weight_calls": weight_calls,
+        "variance_call": variance_call,
+        "any_series": any(q.series for q in plan.quantities),
+    }
+
+
 def render(spec: Spec) -> str:
     """The text of the generated module for ``spec`` (formatted)."""
     step, plan = derive_spec(spec)
@@ -295,9 +318,8 @@ def render(spec: Spec) -> str:
     routines.extend(extra)
     extra, basis_routines = _adams_routines(spec, step)
     routines.extend(extra)
-    xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
-    spec_dict = spec.as_dict()
-    context = {
+    context = shared_context(spec.as_dict(), spec.digest, plan, routines, weight_calls, variance_call)
+    context |= {
         "title": _title(spec),
         "intro": _intro(spec),
         "prediction": spec.resolved_prediction,
@@ -305,25 +327,14 @@ def render(spec: Spec) -> str:
         "weight_sign": "-1.0" if spec.form == "noise" else "1.0",
         "y_text": "x / alpha" if spec.family != "mrsde" else "(x - mu) / alpha",
         "command_args": command_args(spec),
-        "spec_json": json.dumps(spec_dict, sort_keys=True),
-        "spec_python": repr(dict(sorted(spec_dict.items()))),
-        "spec_digest": spec.digest,
         "family": spec.family,
         "order": spec.order,
         "phi_text": sp.sstr(step.phi),
-        "ratio_text": sp.sstr(step.ratio).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i"),
-        "variance_text": sp.sstr(step.noise_variance).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i"),
-        "evaluation_notes": _evaluation_notes(plan),
+        "ratio_text": step_text(step.ratio),
+        "variance_text": step_text(step.noise_variance),
         "noise_scale_limit": repr(float(pure_noise_limits(step.phi, s)[0])),
         "variable": spec.variable,
         "variable_text": "s" if spec.variable == "s" else "lambda = log(alpha/sigma) = -log s",
-        "quadrature_nodes": plan.quadrature_nodes if plan.uses_quadrature else 0,
-        "quadrature_x": [repr(x) for x in xs],
-        "quadrature_w": [repr(w) for w in ws],
-        "routines": routines,
-        "weight_calls": weight_calls,
-        "variance_call": variance_call,
-        "any_series": any(q.series for q in plan.quantities),
         "derivative_routines": derivative_routines,
         "corrector_routines": corrector_routines,
         "basis_routines": basis_routines,

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import sympy as sp
 
 from derive.emit.printer import make_routine
-from derive.emit.render import _environment, _evaluation_notes, _routines, derive_spec, format_source
-from derive.quadrature import gauss_legendre
+from derive.emit.render import _environment, _routines, derive_spec, format_source, shared_context, step_text
 from derive.variants import Variant, check_variant, delta1, delta2, step, taylor_symbols
 
 _OFFSETS = (delta1, delta2)
-
-
-def _text(expr: sp.Expr) -> str:
-    return sp.sstr(expr).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i")
 
 
 def _stage_lines(variant: Variant) -> list[str]:
@@ -63,9 +56,8 @@ def render_variant(variant: Variant) -> str:
             )
         )
         corrector_routines.append((p, name))
-    xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
-    spec_dict = variant.as_dict()
-    context = {
+    context = shared_context(variant.as_dict(), variant.digest, plan, routines, weight_calls, variance_call)
+    context |= {
         "key": variant.key,
         "title": variant.title,
         "source": list(variant.source),
@@ -75,23 +67,12 @@ def render_variant(variant: Variant) -> str:
         "derived": variant.derived,
         "form": variant.form,
         "order": variant.order,
-        "spec_json": json.dumps(spec_dict, sort_keys=True),
-        "spec_python": repr(dict(sorted(spec_dict.items()))),
-        "spec_digest": variant.digest,
         "phi_text": sp.sstr(step_derivation.phi),
-        "ratio_text": _text(step_derivation.ratio) if variant.form == "data" else "1",
-        "variance_text": _text(step_derivation.noise_variance) if variant.form == "data" else "int_{s_{i+1}}^{s_i} h(s)^2 ds",
+        "ratio_text": step_text(step_derivation.ratio) if variant.form == "data" else "1",
+        "variance_text": step_text(step_derivation.noise_variance) if variant.form == "data" else "int_{s_{i+1}}^{s_i} h(s)^2 ds",
         "variable_text": "s" if variant.variable == "s" else "lambda = log(alpha/sigma) = -log s",
         "weight_names": [str(w) for w in weights],
         "stage_lines": _stage_lines(variant),
-        "evaluation_notes": _evaluation_notes(plan),
-        "quadrature_nodes": plan.quadrature_nodes if plan.uses_quadrature else 0,
-        "quadrature_x": [repr(x) for x in xs],
-        "quadrature_w": [repr(w) for w in ws],
-        "routines": routines,
-        "weight_calls": weight_calls,
-        "variance_call": variance_call,
-        "any_series": any(q.series for q in plan.quantities),
         "stage_routines": stage_routines,
         "corrector_routines": corrector_routines,
     }
