@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 
 from derive.errors import SpecError
@@ -190,9 +189,10 @@ class Spec:
 
     @property
     def digest(self) -> str:
-        """A short hash of the spec, stable across runs and Python hash seeds."""
-        payload = json.dumps(self.as_dict(), sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
+        """A short hash of the spec and of everything else that shapes the generated text (derive.provenance)."""
+        from derive.provenance import digest
+
+        return digest(self.as_dict())
 
 
 def _family_catalogue() -> tuple[Spec, ...]:

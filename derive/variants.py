@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import hashlib
-import json
 
 import sympy as sp
 
@@ -161,8 +159,9 @@ class Variant:
     @property
     def digest(self) -> str:
         stages = [str(s.prediction_term) for s in (*self.stages, *self.correctors)]
-        payload = json.dumps({**self.as_dict(), "stages": stages}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        from derive.provenance import digest
+
+        return digest({**self.as_dict(), "stages": stages})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -506,7 +505,7 @@ def _polynomial_outputs(degree: int) -> dict:
     return {outputs[j]: nodes[j] ** degree for j in range(3)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_variant(key: str) -> tuple[str, ...]:
     """Symbolic checks of a variant's transcription; DerivationError on failure. Returns the statements checked.
 
