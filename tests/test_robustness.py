@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from derive.emit import write as write_mod
+from derive import files as write_mod
 from derive.emit.write import MANIFEST, module_path, read_manifest, write_modules
 from derive.errors import HandEditedError
 from derive.spec import Spec

@@ -5,11 +5,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import pathlib
-import tempfile
 
 from derive.errors import HandEditedError
+from derive.files import atomic_write
 from derive.spec import Spec
 
 MANIFEST = "MANIFEST.json"
@@ -21,19 +20,6 @@ def module_path(out_dir: pathlib.Path, spec: Spec) -> pathlib.Path:
 
 def content_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def atomic_write(path: pathlib.Path, text: str) -> None:
-    """Write via a temporary file in the same folder and rename it over the target."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_manifest(out_dir: pathlib.Path) -> dict:
