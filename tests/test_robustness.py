@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from derive import files as write_mod
-from derive.emit.write import MANIFEST, module_path, read_manifest, write_modules
+from derive.emit.write import MANIFEST, content_hash, module_path, read_manifest, write_modules
 from derive.errors import HandEditedError
 from derive.spec import Spec
 from derive.verify.problems import GaussianData, append_zero, karras_sigmas, log_uniform_sigmas
@@ -338,7 +338,7 @@ def test_interrupted_manifest_write_does_not_block_the_next_run(tmp_path, monkey
         pytest.fail(f"re-running after an interrupted write refuses: {exc}")
     for spec, text in NEW.items():
         assert module_path(out, spec).read_text() == text
-        assert read_manifest(out)[spec.name]["sha256"] == write_mod.content_hash(text)
+        assert read_manifest(out)[spec.name]["sha256"] == content_hash(text)
 
 
 # ------------------------------------------------------------------------------------------------------------
