@@ -46,7 +46,8 @@ def identity() -> dict:
     import derive
 
     templates = {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(template_dir().glob("*.jinja"))
+        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(template_dir().glob("*.jinja"))
     }
     return {
         "derive": derive.__version__,

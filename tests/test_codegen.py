@@ -14,7 +14,7 @@ import pytest
 from derive.emit.render import render
 from derive.spec import CATALOGUE, Spec
 
-from .conftest import GENERATED, ROOT, manifest
+from .conftest import GENERATED, manifest
 
 DERIVE = [sys.executable, "-m", "derive.cli"]
 
@@ -34,10 +34,18 @@ def test_check_passes_on_clean_tree_and_fails_with_diff_on_hand_edit(tmp_path):
     out = tmp_path / "generated"
     shutil.copytree(GENERATED, out)
     spec = Spec("ersde", 1, "ode")
-    assert run(["gen", "--family", "ersde", "--order", "1", "--phi", "ode", "--check", "--out", str(out)], tmp_path).returncode == 0
+    assert (
+        run(
+            ["gen", "--family", "ersde", "--order", "1", "--phi", "ode", "--check", "--out", str(out)],
+            tmp_path,
+        ).returncode
+        == 0
+    )
     target = out / f"{spec.name}.py"
     target.write_text(target.read_text().replace("ORDER = 1", "ORDER = 1  # tweaked"))
-    result = run(["gen", "--family", "ersde", "--order", "1", "--phi", "ode", "--check", "--out", str(out)], tmp_path)
+    result = run(
+        ["gen", "--family", "ersde", "--order", "1", "--phi", "ode", "--check", "--out", str(out)], tmp_path
+    )
     assert result.returncode == 1
     assert "tweaked" in result.stdout and "differs from what the derivation produces" in result.stderr
 

@@ -29,11 +29,16 @@ def _wide_simd_groups() -> list[str]:
 
 def _regenerate(tmp_path, extra_env: dict, seed: str) -> None:
     env = {**os.environ, **extra_env, "PYTHONHASHSEED": seed, "DERIVE_CACHE_DIR": str(tmp_path / "cache")}
-    for command in (["-m", "derive.cli", "gen", "--all", "--check"], ["-m", "derive.explain.docs", "--check"]):
+    for command in (
+        ["-m", "derive.cli", "gen", "--all", "--check"],
+        ["-m", "derive.explain.docs", "--check"],
+    ):
         result = subprocess.run(
             [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
         )
-        assert result.returncode == 0, f"{' '.join(command)} ({extra_env or 'native'}):\n{result.stdout[-4000:]}"
+        assert result.returncode == 0, (
+            f"{' '.join(command)} ({extra_env or 'native'}):\n{result.stdout[-4000:]}"
+        )
 
 
 def test_catalogue_and_docs_reproduce_natively_from_a_cold_cache(tmp_path):

@@ -674,12 +674,18 @@ def test_check_finite_reports_step_and_sigma(module, bad):
 
     with pytest.raises(ValueError, match=r"NaN or Inf at step 3 \(sigma = ") as info:
         module.sample(
-            model, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0), check_finite=True
+            model,
+            start_state(6, smax=80.0),
+            sigmas,
+            generator=torch.Generator().manual_seed(0),
+            check_finite=True,
         )
     assert f"{float(sigmas[3]):.6g}" in str(info.value)
     assert len(calls) == 4
     # a finite run is unchanged by the check
-    a = module.sample(model_in_dtype, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0))
+    a = module.sample(
+        model_in_dtype, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0)
+    )
     b = module.sample(
         model_in_dtype,
         start_state(6, smax=80.0),
