@@ -475,11 +475,13 @@ def sample(
     model,
     x,
     sigmas,
-    *,
     extra_args=None,
     callback=None,
     disable=None,
+    eta=None,
+    s_noise=1.0,
     noise_sampler=None,
+    *,
     generator=None,
     history=None,
     check_finite=False,
@@ -490,7 +492,12 @@ def sample(
     normalized units, and may end in 0 (the last step then returns the prediction). ``noise_sampler(sigma,
     sigma_next)`` returns unit-variance noise shaped like x (default: normal noise from ``generator``, a
     torch.Generator or a list of one per batch item). ``callback`` receives a dict with x, i, sigma,
-    sigma_hat, denoised. ``disable`` is accepted for compatibility (there is no progress bar).
+    sigma_hat, denoised. The positional order is k-diffusion's (model, x, sigmas, extra_args, callback, disable,
+    eta, s_noise, noise_sampler). ``disable=False`` shows a progress bar per step (tqdm, when it is installed).
+    ``s_noise`` scales the injected noise, as in k-diffusion; a module without noise (phi = s) accepts only 1.
+    ``eta`` is k-diffusion's stochasticity, phi(s) = s**(1 + eta) (its DPM++ SDE samplers); here phi is fixed
+    when the module is generated, so only None or the module's own value (0 for phi = s, 1 for phi = s**2) is
+    accepted.
 
     ``history`` (optional) is a list of m data predictions at sigmas[0], ..., sigmas[m-1], oldest first;
     ``x`` is then the state at sigmas[m] and sampling starts there with a full multistep history (used to
@@ -501,11 +508,32 @@ def sample(
     returned in their own dtype.
     """
     extra_args = {} if extra_args is None else extra_args
+    phi = SPEC.get("phi")
+    if eta is not None and eta != {"s": 0.0, "s**2": 1.0}.get(phi):
+        raise ValueError(
+            f"eta={eta!r} is not this module's: phi(s) = {phi} fixes its noise (k-diffusion's eta = 0 is phi = s, 1 is s**2)"
+        )
+    if s_noise != 1.0 and phi == "s":
+        raise ValueError(
+            f"s_noise={s_noise!r} would change nothing: this module (phi(s) = s) injects no noise"
+        )
     ratios, stds, weights, finals = coefficient_table(sigmas)
+    stds = [std * s_noise for std in stds]
     s_in = x.new_ones([x.shape[0]])
     values = _float64(sigmas).tolist()
+    start = 0 if history is None else len(history)
+    bar = None
+    if disable is False:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ratios) - start)
+        except ImportError:
+            pass
 
     def predict(y, i):
+        if bar is not None:
+            bar.update()
         denoised = model(y.to(x.dtype), sigmas[i] * s_in, **extra_args)
         return denoised, denoised
 
@@ -520,19 +548,22 @@ def sample(
         def report(i, y, denoised):
             callback({"x": y, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
 
-    start = 0 if history is None else len(history)
-    return _run(
-        predict,
-        x,
-        len(ratios),
-        ratios,
-        weights,
-        stds,
-        finals,
-        noise,
-        report,
-        history,
-        start,
-        values,
-        check_finite=check_finite,
-    )
+    try:
+        return _run(
+            predict,
+            x,
+            len(ratios),
+            ratios,
+            weights,
+            stds,
+            finals,
+            noise,
+            report,
+            history,
+            start,
+            values,
+            check_finite=check_finite,
+        )
+    finally:
+        if bar is not None:
+            bar.close()

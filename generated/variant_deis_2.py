@@ -236,11 +236,13 @@ def sample(
     model,
     x,
     sigmas,
-    *,
     extra_args=None,
     callback=None,
     disable=None,
+    eta=None,
+    s_noise=1.0,
     noise_sampler=None,
+    *,
     generator=None,
     history=None,
 ):
@@ -248,16 +250,41 @@ def sample(
 
     model(x, sigma_batch, **extra_args) returns the denoised prediction x0. ``noise_sampler(sigma, sigma_next)``
     returns unit-variance noise shaped like x (default: normal noise from ``generator``). ``callback`` receives a
-    dict with x, i, sigma, sigma_hat, denoised; ``disable`` is accepted for compatibility. ``history`` (optional)
-    is a list of m noise predictions at sigmas[0..m-1], oldest first, with ``x`` the state at sigmas[m]
+    dict with x, i, sigma, sigma_hat, denoised. The positional order is k-diffusion's (model, x, sigmas,
+    extra_args, callback, disable, eta, s_noise, noise_sampler); ``disable=False`` shows a progress bar per step
+    (tqdm, when it is installed). ``s_noise`` scales the injected noise, as in k-diffusion (a module without
+    noise, phi = s, accepts only 1); ``eta``, k-diffusion's phi(s) = s**(1 + eta), is fixed by the published
+    update: only None or the module's own value (0 for phi = s, 1 for phi = s**2) is accepted. ``history``
+    (optional) is a list of m noise predictions at sigmas[0..m-1], oldest first, with ``x`` the state at sigmas[m]
     (used to measure the order of the method itself, free of the lower-order start).
     """
     extra_args = {} if extra_args is None else extra_args
+    phi = SPEC.get("phi")
+    if eta is not None and eta != {"s": 0.0, "s**2": 1.0}.get(phi):
+        raise ValueError(
+            f"eta={eta!r} is not this module's: phi(s) = {phi} fixes its noise (k-diffusion's eta = 0 is phi = s, 1 is s**2)"
+        )
+    if s_noise != 1.0 and phi == "s":
+        raise ValueError(
+            f"s_noise={s_noise!r} would change nothing: this module (phi(s) = s) injects no noise"
+        )
     ratios, stds, weights, finals, corrections = _tables(sigmas)
+    stds = [std * s_noise for std in stds]
     s_in = x.new_ones([x.shape[0]])
     values = _float64(sigmas).tolist()
     stored = [] if history is None else list(reversed(history))[:ORDER]
-    for i in range(0 if history is None else len(history), len(ratios)):
+    start = 0 if history is None else len(history)
+    bar = None
+    if disable is False:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ratios) - start)
+        except ImportError:
+            pass
+    for i in range(start, len(ratios)):
+        if bar is not None:
+            bar.update()
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         if denoised.shape != x.shape:
             raise ValueError(f"the model returned shape {tuple(denoised.shape)}; expected {tuple(x.shape)}")
@@ -279,4 +306,6 @@ def sample(
                 noise = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
             update = update + noise * stds[i]
         x = update
+    if bar is not None:
+        bar.close()
     return x
