@@ -106,7 +106,9 @@ class CoefficientPlan:
         return self.direct or any(q.kind == "quadrature" for q in self.quantities)
 
 
-def weight_quantity(step: ERSDEStep, n: int, form: str = "data", closed: bool = True, variable: str = "s") -> Quantity:
+def weight_quantity(
+    step: ERSDEStep, n: int, form: str = "data", closed: bool = True, variable: str = "s"
+) -> Quantity:
     """c_n (data form: x0 weights) or e_n (noise form: eps weights), expanded in ``variable``.
 
     Closed forms and their small-step series are derived for the expansion in s. In lambda (n >= 1) only the
@@ -179,7 +181,9 @@ def plan_coefficients(
     return CoefficientPlan(step, order, tuple(weights), variance, nodes, error, direct)
 
 
-def weight_quantity_quadrature_only(step: ERSDEStep, n: int, form: str = "data", variable: str = "s") -> Quantity:
+def weight_quantity_quadrature_only(
+    step: ERSDEStep, n: int, form: str = "data", variable: str = "s"
+) -> Quantity:
     return weight_quantity(step, n, form, closed=False, variable=variable)
 
 
@@ -214,7 +218,9 @@ def mp_quantity(q: Quantity, a: float, b: float) -> mpmath.mpf:
         return pre(A, B) * half * total
 
 
-def _mp_quad_weight(step: ERSDEStep, n: int, a: float, b: float, form: str = "data", variable: str = "s") -> mpmath.mpf:
+def _mp_quad_weight(
+    step: ERSDEStep, n: int, a: float, b: float, form: str = "data", variable: str = "s"
+) -> mpmath.mpf:
     """c_n (or e_n) by :func:`mp_quantity` (an independent reference for tests and checks)."""
     return mp_quantity(weight_quantity_quadrature_only(step, n, form, variable), a, b)
 
@@ -254,7 +260,9 @@ def _choose_quadrature(step: ERSDEStep, quantities: tuple[Quantity, ...]) -> tup
             # the error is at rounding level here; the margin keeps the choice away from rounding noise
             margin = next(c for c in QUADRATURE_NODES if c >= count * 5 // 4)
             return margin, worst
-    raise ArithmeticError(f"Gauss-Legendre quadrature did not reach {TARGET:g} with {QUADRATURE_NODES[-1]} nodes")
+    raise ArithmeticError(
+        f"Gauss-Legendre quadrature did not reach {TARGET:g} with {QUADRATURE_NODES[-1]} nodes"
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -263,9 +271,17 @@ def _quadrature_reference(integrand: sp.Expr, prefactor: sp.Expr):
     points = _points()
     a = np.array([p[0] for p in points])
     b = np.array([p[1] for p in points])
-    key = (sp.srepr(integrand), sp.srepr(prefactor), repr(points), f"{REFERENCE_DPS}/{REFERENCE_NODES}", mpmath.__version__)
+    key = (
+        sp.srepr(integrand),
+        sp.srepr(prefactor),
+        repr(points),
+        f"{REFERENCE_DPS}/{REFERENCE_NODES}",
+        mpmath.__version__,
+    )
     values = cache.load("reference", key)
-    if not (isinstance(values, list) and len(values) == len(points) and all(isinstance(x, float) for x in values)):
+    if not (
+        isinstance(values, list) and len(values) == len(points) and all(isinstance(x, float) for x in values)
+    ):
         probe = Quantity("probe", "probe", prefactor, integrand, None)
         values = [float(mp_quantity(probe, *p)) for p in points]
         cache.store("reference", key, values)
@@ -332,7 +348,9 @@ def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> 
             nxt = sg * (1 - threshold)
             with mpmath.workdps(REFERENCE_DPS + 20):
                 H = mpmath.mpf(sg) - mpmath.mpf(nxt)
-                series = pre_mp(mpmath.mpf(sg), mpmath.mpf(nxt)) * sum(a_mp[m](mpmath.mpf(sg)) * H ** (n + m + 1) for m in range(terms))
+                series = pre_mp(mpmath.mpf(sg), mpmath.mpf(nxt)) * sum(
+                    a_mp[m](mpmath.mpf(sg)) * H ** (n + m + 1) for m in range(terms)
+                )
                 exact = exacts[(threshold, sg)]
                 worst = max(worst, float(abs(series - exact) / abs(exact)))
         if worst <= TARGET / 10:

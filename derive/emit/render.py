@@ -25,7 +25,17 @@ from derive.errors import AdmissibilityError
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
-from derive.symbolic.ersde import ERSDEStep, derive_step, expansion_factor, h, node_offset, s, sigma, sigma_next, v
+from derive.symbolic.ersde import (
+    ERSDEStep,
+    derive_step,
+    expansion_factor,
+    h,
+    node_offset,
+    s,
+    sigma,
+    sigma_next,
+    v,
+)
 from derive.symbolic.expression import parse_expression
 from derive.symbolic.families import (
     FAMILIES,
@@ -128,9 +138,13 @@ def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     step = derive_step(phi)
     generic_checks()
     # the corrector integrates one degree more: it needs c_0 .. c_K
-    plan = plan_coefficients(step, spec.order + (spec.method == "pc"), spec.form, spec.variable, direct=spec.method == "adams")
+    plan = plan_coefficients(
+        step, spec.order + (spec.method == "pc"), spec.form, spec.variable, direct=spec.method == "adams"
+    )
     closed = {
-        int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data" and spec.variable == "s"
+        int(q.name[1:]): q.closed
+        for q in plan.weights
+        if q.closed is not None and spec.form == "data" and spec.variable == "s"
     }
     step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
     for k in range(1, spec.order + 1):
@@ -152,7 +166,13 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
     if q.kind == "closed" and q.closed == 0:
         return [], "torch.zeros_like(sigma)"
     if q.kind == "closed":
-        closed = make_routine(f"_{q.name}_closed", [sigma, sigma_next], [q.closed], f"{q.label} in closed form.", tensor_like="sigma")
+        closed = make_routine(
+            f"_{q.name}_closed",
+            [sigma, sigma_next],
+            [q.closed],
+            f"{q.label} in closed form.",
+            tensor_like="sigma",
+        )
         if not q.series:
             return [closed], f"{closed.name}(sigma, sigma_next)"
         series = make_routine(
@@ -164,10 +184,18 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
         )
         return [closed, series], f"_switch(sigma, sigma_next, {q.threshold!r}, {closed.name}, {series.name})"
     integrand = make_routine(
-        f"_{q.name}_integrand", [sigma, v], [q.integrand], f"Integrand of {q.label} in v = log(s / sigma).", tensor_like="v"
+        f"_{q.name}_integrand",
+        [sigma, v],
+        [q.integrand],
+        f"Integrand of {q.label} in v = log(s / sigma).",
+        tensor_like="v",
     )
     prefactor = make_routine(
-        f"_{q.name}_prefactor", [sigma, sigma_next], [q.prefactor], f"Factor in front of the integral of {q.label}.", tensor_like="sigma"
+        f"_{q.name}_prefactor",
+        [sigma, sigma_next],
+        [q.prefactor],
+        f"Factor in front of the integral of {q.label}.",
+        tensor_like="sigma",
     )
     return [integrand, prefactor], f"_quadrature({integrand.name}, {prefactor.name}, sigma, sigma_next)"
 
@@ -175,9 +203,21 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
 def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
     routines: list[Routine] = [
         make_routine("noise_scale_fn", [s], [step.phi], "phi(s), the noise-scale function.", tensor_like="s"),
-        make_routine("_ratio", [sigma, sigma_next], [step.ratio], "r = phi(sigma_next) / phi(sigma).", tensor_like="sigma")
+        make_routine(
+            "_ratio",
+            [sigma, sigma_next],
+            [step.ratio],
+            "r = phi(sigma_next) / phi(sigma).",
+            tensor_like="sigma",
+        )
         if spec.form == "data"
-        else make_routine("_ratio", [sigma, sigma_next], [sp.Integer(1)], "1: the noise form has no linear term in y.", tensor_like="sigma"),
+        else make_routine(
+            "_ratio",
+            [sigma, sigma_next],
+            [sp.Integer(1)],
+            "1: the noise form has no linear term in y.",
+            tensor_like="sigma",
+        ),
     ]
     weight_calls = []
     for q in plan.weights:
@@ -221,9 +261,27 @@ def _adams_routines(spec: Spec, step: ERSDEStep) -> tuple[list[Routine], list[tu
 
     q = weight_quantity(step, 0, spec.form, closed=False, variable=spec.variable)
     routines = [
-        make_routine("_adams_density", [sigma, v], [q.integrand], "The weight density in v = log(s / sigma) (ds = s dv included).", tensor_like="v"),
-        make_routine("_adams_prefactor", [sigma, sigma_next], [q.prefactor], "Factor in front of the weight integrals.", tensor_like="sigma"),
-        make_routine("_expansion_offset", [sigma, v], [expansion_factor(1, spec.variable)], "u(s) - u_i at s = sigma e^v.", tensor_like="v"),
+        make_routine(
+            "_adams_density",
+            [sigma, v],
+            [q.integrand],
+            "The weight density in v = log(s / sigma) (ds = s dv included).",
+            tensor_like="v",
+        ),
+        make_routine(
+            "_adams_prefactor",
+            [sigma, sigma_next],
+            [q.prefactor],
+            "Factor in front of the weight integrals.",
+            tensor_like="sigma",
+        ),
+        make_routine(
+            "_expansion_offset",
+            [sigma, v],
+            [expansion_factor(1, spec.variable)],
+            "u(s) - u_i at s = sigma e^v.",
+            tensor_like="v",
+        ),
     ]
     names = []
     for k in range(1, spec.order + 1):
@@ -282,8 +340,12 @@ def _evaluation_notes(plan: CoefficientPlan) -> list[str]:
             reason = "no closed form" if q.closed is None else "the closed form cancels for short steps"
             notes.append(f"{q.label}: {plan.quadrature_nodes}-point Gauss-Legendre in log s ({reason}).")
     if plan.uses_quadrature:
-        notes.append(f"Quadrature: max rel. error {plan.quadrature_error:.1e} over sigma in [1e-4, 1e4] and step")
-        notes.append("ratios sigma_next/sigma in [1e-4, 1 - 1e-9]; the integrands are smooth and one-signed in log s.")
+        notes.append(
+            f"Quadrature: max rel. error {plan.quadrature_error:.1e} over sigma in [1e-4, 1e4] and step"
+        )
+        notes.append(
+            "ratios sigma_next/sigma in [1e-4, 1 - 1e-9]; the integrands are smooth and one-signed in log s."
+        )
     return notes
 
 
@@ -292,7 +354,9 @@ def step_text(expr: sp.Expr) -> str:
     return sp.sstr(expr).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i")
 
 
-def shared_context(spec_dict: dict, digest: str, plan: CoefficientPlan, routines, weight_calls, variance_call) -> dict:
+def shared_context(
+    spec_dict: dict, digest: str, plan: CoefficientPlan, routines, weight_calls, variance_call
+) -> dict:
     """Template values every generated module has: its spec, the printed routines and the evaluation plan."""
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     return {
@@ -374,7 +438,9 @@ def _title(spec: Spec) -> str:
 
 
 def _intro(spec: Spec) -> list[str]:
-    lines = ["Entry points: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized"]
+    lines = [
+        "Entry points: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized"
+    ]
     lines.append("sigmas, a denoiser model)")
     if spec.family != "ersde":
         lines[-1] += "; sample_native(model, x, timesteps, ...) with the family's own time and a model"
@@ -391,8 +457,24 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
     family, schedule = derivation.family, derivation.schedule
     variable = table_value if schedule.discrete else family_t
     parameters = [symbol for symbol, _ in schedule.parameters]
-    routines.append(make_routine("_alpha", [variable, *parameters], [schedule.alpha], "alpha of the schedule.", tensor_like=str(variable)))
-    routines.append(make_routine("_sigma", [variable, *parameters], [schedule.sigma], "sigma of the schedule.", tensor_like=str(variable)))
+    routines.append(
+        make_routine(
+            "_alpha",
+            [variable, *parameters],
+            [schedule.alpha],
+            "alpha of the schedule.",
+            tensor_like=str(variable),
+        )
+    )
+    routines.append(
+        make_routine(
+            "_sigma",
+            [variable, *parameters],
+            [schedule.sigma],
+            "sigma of the schedule.",
+            tensor_like=str(variable),
+        )
+    )
     prediction = spec.resolved_prediction
     quantity = derivation.to_data[prediction] if spec.form == "data" else derivation.to_noise[prediction]
     routines.append(
@@ -435,7 +517,13 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
     if schedule.discrete:
         table = "alphas_cumprod" if spec.family == "vpsde" else "theta_bar"
         keyword = [(table, None), *keyword]
-    signature = ", ".join(["t", "*", *[name if default is None else f"{name}={default}" for name, default in keyword]]) if keyword else "t"
+    signature = (
+        ", ".join(
+            ["t", "*", *[name if default is None else f"{name}={default}" for name, default in keyword]]
+        )
+        if keyword
+        else "t"
+    )
     prediction_doc = {
         "data": "data prediction x0",
         "noise": "noise prediction eps",
@@ -456,7 +544,9 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
             "mean_reverting": family.mean_reverting,
             "prediction_doc": prediction_doc,
             "time_doc": family.time_doc,
-            "mu_doc": "``mu`` is the mean the process reverts to (e.g. the degraded image)." if family.mean_reverting else "",
+            "mu_doc": "``mu`` is the mean the process reverts to (e.g. the degraded image)."
+            if family.mean_reverting
+            else "",
             "family_update": update.text,
         }
     }

@@ -291,10 +291,10 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             )
         # the module is always recorded as given: a config carrying it was written by a DeriveScheduler (see
         # from_config), also after a round trip through another scheduler, which keeps it as a hidden key
-        defaults = [key for key in self.config.get("_use_default_values", []) if key != "module"]
-        self.register_to_config(
-            module=module_id(self.module), prediction_type=prediction_type, _use_default_values=defaults
-        )
+        self.register_to_config(module=module_id(self.module), prediction_type=prediction_type)
+        if "_use_default_values" in self.config:
+            defaults = [key for key in self.config["_use_default_values"] if key != "module"]
+            self.register_to_config(_use_default_values=defaults)
         if sum([use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas]) > 1:
             raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
         if timestep_spacing not in ("linspace", "leading", "trailing"):
@@ -389,20 +389,19 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         if config is None or isinstance(config, str) or "module" in config:
             return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
         config = dict(config)
-        source = config.get("_class_name", "") or ""
-        source = source if isinstance(source, str) else ""
+        source = cls._source_class(config)
         if source != cls.__name__:
             config.pop("_use_default_values", None)  # its defaults are the values it ran with
             own = set(cls._get_init_keys(cls))
+            if source == "UniPCMultistepScheduler" and config.get("lower_order_final"):
+                kwargs.setdefault("lower_order_final", "always")  # UniPC lowers the last orders at any n
+            if source == "DEISMultistepScheduler":
+                kwargs.setdefault("final_sigmas_type", "sigma_min")  # DEIS always ends there
             for key, value in list(config.items()):
                 if key.startswith("_") or key in own or key in SOLVER_KEYS:
                     continue
                 if key == "set_alpha_to_one":
                     kwargs.setdefault("final_sigmas_type", "zero" if value else "sigma_min")
-                elif key in ("lower_order_final", "euler_at_final"):
-                    if key == "lower_order_final" and value and source == "UniPCMultistepScheduler":
-                        value = "always"
-                    kwargs.setdefault(key, value)
                 elif key in NEUTRAL_VALUES:
                     allowed = NEUTRAL_VALUES[key]
                     if allowed is not None and not any(value == v for v in allowed):
@@ -427,6 +426,28 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
                     kwargs["prediction_type"] = "flow_prediction"
             kwargs.setdefault("timestep_grid", "multistep" if source in MULTISTEP_SCHEDULERS else "ddim")
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def _source_class(cls, config: dict) -> str:
+        """The scheduler class a config belongs to: its ``_class_name`` (saved configs) or, for an in-memory
+        ``scheduler.config`` (which has none), the compatible class whose constructor keys it holds."""
+        name = config.get("_class_name")
+        if isinstance(name, str) and name:
+            return name
+        import diffusers
+
+        keys = {key for key in config if not key.startswith("_")}
+        best, size = "", -1
+        for candidate in [cls.__name__, *cls._compatibles]:
+            target = cls if candidate == cls.__name__ else getattr(diffusers, candidate, None)
+            if target is None:
+                continue
+            init = set(cls._get_init_keys(target)) - {"self", "kwargs"}
+            if init == keys:
+                return candidate
+            if init <= keys and len(init) > size:
+                best, size = candidate, len(init)
+        return best
 
     # ---- diffusers' step-index protocol ----------------------------------------------------------------------
 

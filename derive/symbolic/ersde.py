@@ -135,14 +135,18 @@ def series_coefficients(density: sp.Expr, n: int, terms: int, max_ops: int = 400
             if sp.count_ops(derivative) > max_ops:
                 break
             derivative = sp.factor(derivative) if sp.count_ops(derivative) < 60 else derivative
-        coeff = (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
+        coeff = (
+            (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
+        )
         out.append(coeff)
     return tuple(out)
 
 
 def closed_form_noise_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr | None:
     """e_n in closed form, or None."""
-    antiderivative = _antiderivative(sp.expand(step.noise_density * (s - sigma) ** n / sp.factorial(n)), timeout)
+    antiderivative = _antiderivative(
+        sp.expand(step.noise_density * (s - sigma) ** n / sp.factorial(n)), timeout
+    )
     if antiderivative is None:
         return None
     return sp.factor(antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next))

@@ -280,7 +280,11 @@ def family_update(form: str, mean_reverting: bool) -> FamilyUpdate:
     A = sp.simplify(x_next.coeff(xs))
     B = sp.simplify(x_next.coeff(p) / weight_sum)
     C = sp.simplify(x_next.coeff(z))
-    M = sp.simplify((x_next - A * xs - B * weight_sum * p - C * z).coeff(mu)) if mean_reverting else sp.Integer(0)
+    M = (
+        sp.simplify((x_next - A * xs - B * weight_sum * p - C * z).coeff(mu))
+        if mean_reverting
+        else sp.Integer(0)
+    )
     rebuilt = A * xs + B * weight_sum * p + C * z + M * m
     if sp.simplify(rebuilt - x_next) != 0:
         raise ArithmeticError("family update does not reproduce the normalized update")

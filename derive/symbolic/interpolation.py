@@ -53,7 +53,8 @@ def lagrange_basis(k: int) -> tuple[sp.Expr, ...]:
     """
     nodes = (sp.Integer(0), *offset_symbols(k))
     return tuple(
-        sp.sympify(sp.prod([(x - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j])) for j in range(k)
+        sp.sympify(sp.prod([(x - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j]))
+        for j in range(k)
     )
 
 
