@@ -653,6 +653,14 @@ def test_docs_diffusers_snippets():
         exec(compile(block, "docs/diffusers.md", "exec"), namespace)  # noqa: S102
 
 
+def test_docs_comfyui_snippets():
+    blocks = python_blocks(ROOT / "docs" / "comfyui.md")
+    assert len(blocks) >= 1
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, "docs/comfyui.md", "exec"), namespace)  # noqa: S102
+
+
 def load_example(name):
     spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
