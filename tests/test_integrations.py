@@ -980,3 +980,26 @@ def test_progress_bar(name, monkeypatch):
     assert len(CountingBar.made) == 1
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # not installed: import fails
     assert bool(torch.isfinite(sampler(ve_denoiser, x, sigmas, disable=False)).all())
+
+
+@pytest.mark.parametrize("name", ["ersde_order2_phi_ode_pc", "variant_unipc_bh2_3"])
+def test_wrap_sampler_flow_with_a_corrector(name):
+    """flow=True with a corrector module (a schedule below t = 1): equals the module's own sample() in
+    normalized coordinates y = x / (1 - t), s = t / (1 - t); a start at t = 1 is refused, naming the reason."""
+    module = load_module(name)
+    times = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.15, 0.05, 0.0], dtype=torch.float64)
+    x = start()
+
+    def denoiser(state, t):
+        return state / (1 + t.reshape(-1, 1, 1, 1)) + 0.05 * torch.tanh(state)
+
+    s = times / (1 - times)
+
+    def normalized(y, s_batch):
+        t = s_batch / (1 + s_batch)
+        return denoiser(y * (1 - t.reshape(-1, 1, 1, 1)), t)
+
+    expected = module.sample(normalized, x / (1 - times[0]), s)
+    assert rel(wrap_sampler(module, flow=True)(denoiser, x, times), expected) < 1e-12
+    with pytest.raises(ValueError, match="pure noise"):
+        wrap_sampler(module, flow=True)(denoiser, x, torch.cat([times.new_ones(1), times]))
