@@ -9,10 +9,17 @@ import pathlib
 import tempfile
 
 import pytest
+from hypothesis import settings
 
 # the derivation cache of this test session (shared by in-process and subprocess derive runs) lives in a fresh
 # temporary folder: tests neither read a user's cache nor write to it
 os.environ["DERIVE_CACHE_DIR"] = tempfile.mkdtemp(prefix="derive-test-cache-")
+
+# property tests are deterministic (a fixed search, no example database): CI cannot pass or fail by the draw;
+# HYPOTHESIS_PROFILE=explore runs a fresh random search locally
+settings.register_profile("derive", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "derive"))
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATED = ROOT / "generated"
