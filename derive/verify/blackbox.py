@@ -274,9 +274,7 @@ def deterministic_studies(target: Target, problem, st: harness.Settings, kappa, 
                 errors.append(float(np.max(np.abs(out.numpy() - y_end))))
             except SpecError:
                 raise
-            except (
-                Exception
-            ) as error:  # the peer crashed on this grid: a finding, recorded as an infinite error
+            except Exception as error:  # noqa: BLE001 - the peer crashed on this grid: recorded as an infinite error
                 errors.append(math.inf)
                 note = f"{type(error).__name__}: {error}"[:200]
         grading = {

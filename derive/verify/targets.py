@@ -85,7 +85,7 @@ class Target:
 
     name: str = ""
     spec: str = ""
-    config: dict = {}
+    config: dict
     #: the order the sampler's authors claim (None: unknown; --claimed overrides)
     claimed: float | None = None
     #: "ode" or "sde" (decided by a dry run: does the sampler ask for noise?)
@@ -217,7 +217,7 @@ def load_kdiffusion_sampling() -> types.ModuleType:
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         raise SpecError("k-diffusion is not installed: pip install --no-deps k-diffusion")
-    path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "sampling.py"
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "sampling.py"
     package = types.ModuleType("derive_kdiffusion")
     package.__path__ = []
     utils = types.ModuleType("derive_kdiffusion.utils")
@@ -257,7 +257,7 @@ def _load_function(where: str, function: str):
         module = importlib.util.module_from_spec(module_spec)
         try:
             module_spec.loader.exec_module(module)
-        except Exception as error:  # the user's file: any failure is bad input
+        except Exception as error:  # noqa: BLE001 - the user's file: any failure is bad input
             raise SpecError(f"cannot import {path}: {type(error).__name__}: {error}") from None
     else:
         try:
@@ -545,11 +545,10 @@ class DiffusersTarget(Target):
         order_list = getattr(scheduler, "order_list", None)
         if not order_list:
             return set(range(n_levels))
-        ends, position = {0}, 0
+        ends = {0}
         for k, order in enumerate(order_list):
-            position += 1
             if k + 1 == len(order_list) or order_list[k + 1] <= order:
-                ends.add(position)
+                ends.add(k + 1)
         return ends
 
     @contextlib.contextmanager
@@ -618,9 +617,7 @@ class DiffusersTarget(Target):
             warnings.simplefilter("ignore")
             for t in scheduler.timesteps:
                 if hasattr(scheduler, "scale_model_input"):
-                    x_in = scheduler.scale_model_input(x, t)
-                else:
-                    x_in = x
+                    scheduler.scale_model_input(x, t)  # some schedulers set their step index here
                 s = self._call_level(scheduler, t)
                 index = _grid_index(native, self.native(s))
                 y = x.to(torch.float64) / self.alpha(s)
