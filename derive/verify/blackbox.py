@@ -210,7 +210,9 @@ class _Increments:
     def __init__(self, calls, d: int):
         points = sorted({p for call in calls for p in call})
         self.points = points
-        self.rows = len(points)  # row 0 is the initial state; rows 1.. the increments between the points
+        self.rows = max(
+            1, len(points)
+        )  # row 0: the initial state; rows 1..: the increments between the points
         self.d = d
         self._cache: dict = {}
 

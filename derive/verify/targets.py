@@ -316,7 +316,10 @@ class FunctionTarget(Target):
         return _kdiffusion_kappa(getattr(self.fn, "__name__", ""), float(self.config.get("eta", 1.0)))
 
     def run(self, denoiser, y0, sigmas, *, noise=None, dtype=torch.float64) -> Trajectory:
-        sig = torch.tensor([float(s) for s in sigmas], dtype=torch.float64).to(dtype)
+        # float64 runs keep float64 levels; lower precisions get float32 levels, as pipelines pass them
+        sig = torch.tensor(
+            [float(s) for s in sigmas], dtype=torch.float64 if dtype == torch.float64 else torch.float32
+        )
         states: dict[int, torch.Tensor] = {}
         calls = [0]
         asked: list[tuple[float, float]] = []
@@ -451,6 +454,25 @@ class DiffusersTarget(Target):
         if name == "FlowMatchEulerDiscreteScheduler" and self.config.get("stochastic_sampling"):
             return None
         return 1.0
+
+    def own_levels(self, n: int) -> list[float]:
+        """The normalized noise levels of the scheduler's own ``set_timesteps(n)`` (its final level included)."""
+        from diffusers.utils import logging
+
+        scheduler = self.make(n)
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()
+        try:
+            scheduler.set_timesteps(n)
+        finally:
+            logging.set_verbosity(verbosity)
+        stored = [float(v) for v in scheduler.sigmas.to(torch.float64).reshape(-1)]
+        index = _layout(len(stored), n)
+        if index is None:
+            levels = sorted(set(stored), reverse=True)
+        else:
+            levels = [stored[index.tolist().index(k)] for k in range(n + 1)]
+        return [self.normalized(v) for v in levels]
 
     def final_value(self, sigma_min: float) -> float:
         scheduler = self.make()
@@ -650,6 +672,18 @@ class DiffusersTarget(Target):
             return best if abs(best - s) <= 1e-6 * max(s, 1e-12) else s
         i = scheduler.step_index if scheduler.step_index is not None else 0
         return self.normalized(float(scheduler.sigmas[i]))
+
+
+def _layout(length: int, n: int) -> torch.Tensor | None:
+    """Grid index of each stored sigma for the layouts diffusers uses (None: another layout)."""
+    first = torch.zeros(1, dtype=torch.long)
+    if length == n + 1:
+        return torch.arange(n + 1)
+    if length == 2 * n:
+        return torch.cat([first, torch.arange(1, n).repeat_interleave(2), torch.tensor([n])])
+    if length == 2 * n + 2:
+        return torch.cat([first, torch.arange(1, n + 1).repeat_interleave(2), torch.tensor([n])])
+    return None
 
 
 def _grid_index(native: list[float], value: float) -> int | None:
