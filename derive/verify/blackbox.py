@@ -129,6 +129,7 @@ class BlackBoxReport:
     studies: list[harness.Study]
     how: dict
     seconds: float = 0.0
+    crash: str = ""
 
     def find(self, kind: str) -> list[harness.Study]:
         return [s for s in self.studies if s.kind == kind]
@@ -146,6 +147,9 @@ class BlackBoxReport:
 
     @property
     def passed(self) -> bool:
+        """Every checked study meets its claim; a sampler that crashes before any study fails a claim it makes."""
+        if self.crash and self.claimed is not None:
+            return False
         return all(s.passed is not False for s in self.studies)
 
     def failures(self) -> list[harness.Study]:
@@ -166,6 +170,7 @@ class BlackBoxReport:
             "weak": self.order("weak"),
             "how": self.how,
             "passed": self.passed,
+            "crash": self.crash,
             "seconds": self.seconds,
             "studies": [s.as_dict() for s in self.studies],
         }
@@ -424,17 +429,22 @@ def weak_study(target: Target, problem, st: harness.Settings) -> harness.Study:
 # --------------------------------------------------------------------------------------------------
 
 
+class _UnitNoise(_ZeroNoise):
+    def __call__(self, a, b):
+        return torch.ones(self.shape, dtype=torch.float64)
+
+
 def _stochastic(target: Target, st: harness.Settings) -> bool:
-    """Does the sampler ask for noise? (A dry run of four steps.)"""
+    """Does the noise reach the output? (Two 4-step runs, with zero and with unit noise; a sampler that draws
+    noise it then multiplies by zero, like SA-Solver with tau = 0, is deterministic.)"""
     problem = harness.make_problem("gaussian", st)
     levels = _grid(target, [float(v) for v in log_uniform_sigmas(4, problem.sigma_min, problem.sigma_max)])
-    probe = target.run(
-        problem.model,
-        torch.zeros(1, problem.d, dtype=torch.float64),
-        levels,
-        noise=_ZeroNoise((1, problem.d)),
-    )
-    return bool(probe.noise_calls) and getattr(target, "stochastic", True)
+    x = torch.zeros(1, problem.d, dtype=torch.float64)
+    quiet = target.run(problem.model, x, levels, noise=_ZeroNoise((1, problem.d)))
+    if not quiet.noise_calls:
+        return False
+    loud = target.run(problem.model, x, levels, noise=_UnitNoise((1, problem.d)))
+    return any(not torch.equal(quiet.states[k], loud.states[k]) for k in quiet.states if k in loud.states)
 
 
 def _how(report_studies, claim, r_note: dict) -> dict:
@@ -491,7 +501,26 @@ def verify_target(
     claim = claimed if claimed is not None else target.claimed
     t0 = time.perf_counter()
     with harness.single_thread():
-        stochastic = _stochastic(target, st)
+        try:
+            stochastic = _stochastic(target, st)
+        except SpecError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a peer that crashes on a 4-step run: reported, not raised
+            return BlackBoxReport(
+                name=target.name,
+                target=target.describe(),
+                claimed=claim,
+                dynamics="?",
+                kappa="unknown",
+                studies=[],
+                how={
+                    "method": f"cannot decide: it crashes on a 4-step run ({type(error).__name__}: {error})"[
+                        :240
+                    ]
+                },
+                seconds=time.perf_counter() - t0,
+                crash=f"{type(error).__name__}: {error}"[:240],
+            )
         kappa = target.drift_kappa() if stochastic else 1.0
         studies: list[harness.Study] = []
         notes = {}
@@ -512,10 +541,15 @@ def verify_target(
                     target, harness.make_problem("gmm", st), st, kappa, claim, note
                 )
         if stochastic:
-            for problem in problems.values():
-                studies.append(strong_study(target, problem, st))
             gaussian = problems.get("gaussian") or harness.make_problem("gaussian", st)
-            studies.append(weak_study(target, gaussian, st))
+            runs = [(strong_study, problem) for problem in problems.values()] + [(weak_study, gaussian)]
+            for study, problem in runs:
+                try:
+                    studies.append(study(target, problem, st))
+                except SpecError:
+                    raise
+                except Exception as error:  # noqa: BLE001 - recorded in the report
+                    notes[study.__name__] = f"crashes: {type(error).__name__}: {error}"[:240]
             if progress:
                 progress("strong and weak")
     how = _how(studies, claim, notes)
@@ -524,8 +558,10 @@ def verify_target(
     )
     how["start"] = "single steps from the exact state, local order - 1"
     if stochastic:
-        how["strong"] = "against its own limit on 8x finer steps, one Brownian path W(s)"
-        how["weak"] = "exact mean and variance on Gaussian data"
+        how["strong"] = notes.get(
+            "strong_study", "against its own limit on finer steps, one Brownian path W(s)"
+        )
+        how["weak"] = notes.get("weak_study", "exact mean and variance on Gaussian data")
     kappa_text = (
         "1"
         if kappa == 1.0

@@ -52,7 +52,12 @@ def _families() -> tuple[str, ...]:
 @click.option("--schedule", "family_schedule", default=None, help="Noise schedule of a process-family spec.")
 @click.option("--variable", default=None, help="Expansion variable of the spec (s or lambda).")
 @click.option("--module", "modules", multiple=True, help="A checked-in module by name (repeatable).")
-@click.option("--all", "all_", is_flag=True, help="Every catalogue module in generated/MANIFEST.json (not the variants).")
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Every catalogue module in generated/MANIFEST.json (not the variants).",
+)
 @click.option(
     "--variant",
     "variants",
@@ -97,7 +102,9 @@ def _families() -> tuple[str, ...]:
     help="Someone else's sampler (repeatable): diffusers:ClassName, package.module:function or a module file.",
 )
 @click.option("--config", "sampler_config", default=None, help="JSON config of --sampler (a dict or a file).")
-@click.option("--claimed", type=float, default=None, help="The method order --sampler claims (checked, -0.2).")
+@click.option(
+    "--claimed", type=float, default=None, help="The method order --sampler claims (checked, -0.2)."
+)
 def verify(
     family,
     order,
@@ -130,7 +137,9 @@ def verify(
         from derive.verify.blackbox_command import reject_with_sampler, run_samplers, sampler_settings
 
         reject_with_sampler(click.get_current_context())
-        return run_samplers(samplers, sampler_config, claimed, sampler_settings(coarse, problems, steps), json_path)
+        return run_samplers(
+            samplers, sampler_config, claimed, sampler_settings(coarse, problems, steps), json_path
+        )
     if sampler_config is not None or claimed is not None:
         raise SpecError("--config and --claimed describe a --sampler; give one")
     overrides = {"problems": problems, "warmup": warmup}
@@ -179,10 +188,23 @@ def _reject_with_variant(ctx: click.Context) -> None:
     """A variant names its module: options that describe another target conflict with it."""
     from derive.cli import given_options
 
-    targets = ("family", "order", "phi", "method", "dynamics", "prediction", "family_schedule", "variable", "modules", "all_")
+    targets = (
+        "family",
+        "order",
+        "phi",
+        "method",
+        "dynamics",
+        "prediction",
+        "family_schedule",
+        "variable",
+        "modules",
+        "all_",
+    )
     given = given_options(ctx, targets)
     if given:
-        raise SpecError(f"--variant names the module to verify; it cannot be combined with {', '.join(given)}")
+        raise SpecError(
+            f"--variant names the module to verify; it cannot be combined with {', '.join(given)}"
+        )
 
 
 def _variant_target(key: str):
