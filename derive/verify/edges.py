@@ -5,8 +5,8 @@
   function). Exact mean and variance of the output on Gaussian data (as the weak study: no sampling error) give
   the error against the data distribution and the *residual noise* ``sqrt(max(var - v, 0))`` -- the noise
   the sampler leaves in its output. Flagged: a non-finite output, a crash, an error that grows by more than
-  1.5x from ``n - 1`` to ``n`` steps (a final-step rule that acts on some step counts only), residual noise
-  above 0.05 at 30 steps that is not below 0.7x its value at 15 steps (noise that more steps do not remove: a
+  1.5x from ``n - 1`` to ``n`` steps (a final-step rule that acts on some step counts only), an excess variance
+  ``(var - v) / v`` above 1 % at 30 steps that is not below 0.8x its value at 15 steps (noise that more steps do not remove: a
   discretization error of order 1 or more falls by 2x at least).
 * **final**: the same sampler on a 10-step Karras grid ending ``[..., s_min, 0]``, with the last level repeated
   ``[..., s_min, s_min, 0]``, and ending at ``s_min`` without a zero: finite?, residual noise (flagged when the
@@ -41,6 +41,10 @@ DTYPES = {
 KARRAS = (0.0292, 14.6)
 GROWTH = 1.5
 DATA = GaussianData([0.3, -0.5, 1.0], [0.25, 1.0, 4.0])
+#: residual noise is flagged when the output's variance exceeds the data's by more than this fraction at 30
+#: steps and the excess is not below RESIDUAL_PERSISTS times its value at 15 (an error of order 1 falls by 2x)
+RESIDUAL_EXCESS = 0.01
+RESIDUAL_PERSISTS = 0.8
 
 
 def own_levels(target: Target, n: int) -> list[float]:
@@ -68,7 +72,10 @@ def _moments(target: Target, levels: list[float]) -> dict:
     target_var = DATA.var + last**2
     error = float(np.max(np.abs(mean - DATA.mean) + np.abs(var - target_var))) if finite else math.inf
     residual = float(np.sqrt(np.max(np.maximum(var - DATA.var, 0.0)))) if finite else math.inf
-    return {"finite": finite, "error": error, "residual": residual}
+    # variance in excess of the data's, relative to it: a discretization error falls with more steps, noise
+    # the sampler leaves behind does not
+    excess = float(np.max(np.maximum(var - DATA.var, 0.0) / DATA.var)) if finite else math.inf
+    return {"finite": finite, "error": error, "residual": residual, "excess": excess}
 
 
 def step_sweep(target: Target, counts=range(1, 31)) -> dict:
@@ -102,12 +109,13 @@ def step_sweep(target: Target, counts=range(1, 31)) -> dict:
     if (
         last.get("finite")
         and half.get("finite")
-        and last["residual"] > 0.05
-        and last["residual"] > 0.7 * half["residual"]
+        and last["excess"] > RESIDUAL_EXCESS
+        and last["excess"] > RESIDUAL_PERSISTS * half["excess"]
     ):
         flags.append(
-            f"n={last['steps']}: residual noise {last['residual']:.3g} that halving the step does not remove "
-            f"({half['residual']:.3g} with {half['steps']} steps; last level {last['last_sigma']:.3g})"
+            f"n={last['steps']}: residual noise {last['residual']:.3g} (variance {last['excess']:.1%} above the "
+            f"data's) that halving the step does not remove ({half['excess']:.1%} with {half['steps']} steps; "
+            f"last level {last['last_sigma']:.3g})"
         )
     return {"rows": rows, "flags": flags}
 

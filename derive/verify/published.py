@@ -143,7 +143,7 @@ ROWS = [
         "diffusers:EulerAncestralDiscreteScheduler",
         {},
         1.0,
-        "Euler ancestral: drift of order 1",
+        "Euler ancestral: weak order 1",
     ),
     Row("heun", "diffusers:HeunDiscreteScheduler", {}, 2.0, "Heun (Karras et al. 2022, Alg. 1)"),
     Row("lms", "diffusers:LMSDiscreteScheduler", {}, 4.0, "linear multistep, order 4 (step's default)"),
@@ -153,7 +153,7 @@ ROWS = [
         "dpmsolver_sde", "diffusers:DPMSolverSDEScheduler", {}, 2.0, "DPM-Solver++ SDE (2S): drift of order 2"
     ),
     Row("kd_euler", f"{KD}sample_euler", {}, 1.0, "Euler"),
-    Row("kd_euler_ancestral", f"{KD}sample_euler_ancestral", {}, 1.0, "Euler ancestral: drift of order 1"),
+    Row("kd_euler_ancestral", f"{KD}sample_euler_ancestral", {}, 1.0, "Euler ancestral: weak order 1"),
     Row("kd_heun", f"{KD}sample_heun", {}, 2.0, "Heun"),
     Row("kd_dpm_2", f"{KD}sample_dpm_2", {}, 2.0, "DPM-Solver-2"),
     Row(
@@ -161,10 +161,16 @@ ROWS = [
         f"{KD}sample_dpm_2_ancestral",
         {},
         2.0,
-        "DPM-Solver-2 ancestral: drift of order 2",
+        "DPM-Solver-2 ancestral: weak order 2 (its ODE step has order 2)",
     ),
     Row("kd_lms", f"{KD}sample_lms", {}, 4.0, "linear multistep, order 4"),
-    Row("kd_dpmpp_2s_ancestral", f"{KD}sample_dpmpp_2s_ancestral", {}, 2.0, "DPM-Solver++(2S) ancestral"),
+    Row(
+        "kd_dpmpp_2s_ancestral",
+        f"{KD}sample_dpmpp_2s_ancestral",
+        {},
+        2.0,
+        "DPM-Solver++(2S) ancestral: weak order 2 (its ODE step has order 2)",
+    ),
     Row("kd_dpmpp_sde", f"{KD}sample_dpmpp_sde", {}, 2.0, "DPM-Solver++ SDE: drift of order 2"),
     Row("kd_dpmpp_2m", f"{KD}sample_dpmpp_2m", {}, 2.0, "DPM-Solver++(2M)"),
     Row("kd_dpmpp_2m_sde", f"{KD}sample_dpmpp_2m_sde", {}, 2.0, "DPM-Solver++(2M) SDE: drift of order 2"),
@@ -254,12 +260,30 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
+def _row_key(line: str) -> str | None:
+    """The row key of a table line (``| `key`: ...``), None for the header lines."""
+    if line.startswith("| `") and "`:" in line:
+        return line[3 : line.index("`:")]
+    return None
+
+
+def merge_tables(old: str, new: str) -> str:
+    """``old`` with the rows that ``new`` measured replaced (a partial run, ``--only``), in ROWS order."""
+    rows = {_row_key(line): line for line in old.splitlines() if _row_key(line)}
+    header = [line for line in new.splitlines() if not _row_key(line)]
+    rows.update({_row_key(line): line for line in new.splitlines() if _row_key(line)})
+    order = [r.key for r in ROWS if r.key in rows]
+    return "\n".join(header + [rows[key] for key in order])
+
+
+def write_doc(path: pathlib.Path, text: str, partial: bool = False) -> None:
     content = path.read_text(encoding="utf-8")
     if BEGIN not in content:
         raise SpecError(f"{path} has no {BEGIN} marker")
     head, rest = content.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
+    old, tail = rest.split(END, 1)
+    if partial:
+        text = merge_tables(old.strip("\n"), text)
     path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
 
 
@@ -303,7 +327,7 @@ def main(coarse, keys, no_edges, doc, json_path) -> None:
     text = table(results)
     click.echo(text)
     if doc is not None:
-        write_doc(doc, text)
+        write_doc(doc, text, partial=bool(keys))
     if json_path is not None:
         from derive.verify.command import _write_json
 

@@ -111,6 +111,13 @@ class Target:
         zero (1: the probability-flow ODE); a callable of ``s``; None when unknown."""
         return 1.0
 
+    def split_step(self) -> bool:
+        """An ancestral step: a deterministic step to ``sigma_down`` and fresh noise up to ``sigma_next``. With
+        the noise off it follows its drift ODE only to first order (``log sigma_down`` matches ``kappa`` times
+        the log-step to first order only), whatever the order of the deterministic step, so its claim is
+        judged on the weak order."""
+        return False
+
     def describe(self) -> dict:
         return {"target": self.spec, "config": _jsonable(self.config), "source": self.source}
 
@@ -308,6 +315,9 @@ class FunctionTarget(Target):
             raise SpecError(f"{spec} takes no argument(s) {', '.join(unknown)} given in --config")
         self.stochastic = "noise_sampler" in self.parameters and float(self.config.get("eta", 1.0)) != 0.0
 
+    def split_step(self):
+        return "ancestral" in getattr(self.fn, "__name__", "")
+
     def drift_kappa(self):
         if self.kappa is not None:
             return self.kappa
@@ -434,6 +444,9 @@ class DiffusersTarget(Target):
         return "ve" if abs(float(scaled.reshape(-1)[0]) - 1.0) > 1e-6 else "vp"
 
     # -- dynamics -------------------------------------------------------------------------------------
+
+    def split_step(self):
+        return self.cls.__name__ in ("EulerAncestralDiscreteScheduler", "KDPM2AncestralDiscreteScheduler")
 
     def drift_kappa(self):
         name = self.cls.__name__
