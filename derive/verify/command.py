@@ -95,6 +95,16 @@ def _families() -> tuple[str, ...]:
     help="substep: also measure the sampler started by its own sub-stepped first K-1 steps.",
 )
 @click.option("--coarse", is_flag=True, help="Three halvings, fewer points and paths (for CI).")
+@click.option(
+    "--sampler",
+    "samplers",
+    multiple=True,
+    help="Someone else's sampler (repeatable): diffusers:ClassName, package.module:function or a module file.",
+)
+@click.option("--config", "sampler_config", default=None, help="JSON config of --sampler (a dict or a file).")
+@click.option(
+    "--claimed", type=float, default=None, help="The method order --sampler claims (checked, -0.2)."
+)
 def verify(
     family,
     order,
@@ -113,6 +123,9 @@ def verify(
     json_path,
     warmup,
     coarse,
+    samplers=(),
+    sampler_config=None,
+    claimed=None,
 ) -> None:
     """Measure method, as-used, strong and weak orders of generated samplers; exit 1 if a claim fails."""
     from rich.console import Console
@@ -120,6 +133,15 @@ def verify(
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise SpecError(f"--plot must end in one of {', '.join(PLOT_SUFFIXES)} (got {plot.name!r})")
     problems = ("gaussian", "gmm") if problem == "both" else (problem,)
+    if samplers:
+        from derive.verify.blackbox_command import reject_with_sampler, run_samplers, sampler_settings
+
+        reject_with_sampler(click.get_current_context())
+        return run_samplers(
+            samplers, sampler_config, claimed, sampler_settings(coarse, problems, steps), json_path
+        )
+    if sampler_config is not None or claimed is not None:
+        raise SpecError("--config and --claimed describe a --sampler; give one")
     overrides = {"problems": problems, "warmup": warmup}
     if steps is not None:
         overrides["steps"] = harness.parse_steps(steps)
