@@ -5,11 +5,22 @@ from __future__ import annotations
 from derive.spec import CATALOGUE, Spec
 
 
-def generate(family: str = "ersde", order: int = 3, phi: str = "default", method: str = "taylor") -> str:
-    """The source text of the solver module for this spec (nothing is written)."""
+def generate(
+    family: str = "ersde",
+    order: int = 3,
+    phi: str = "default",
+    method: str = "taylor",
+    dynamics: str | None = None,
+    prediction: str | None = None,
+    schedule: str | None = None,
+    variable: str = "s",
+) -> str:
+    """The source text of the solver module for this spec (nothing is written); every option and default is
+    the command line's (:meth:`Spec.from_options`): ``generate(family="vpsde", order=2)`` is
+    ``derive gen --family vpsde --order 2``."""
     from derive.emit.render import render
 
-    return render(Spec(family=family, order=order, phi=phi, method=method))
+    return render(Spec.from_options(family, order, phi, method, dynamics, prediction, schedule, variable))
 
 
 def generate_all() -> dict[Spec, str]:

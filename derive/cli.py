@@ -157,10 +157,8 @@ def gen(
     else:
         if order is None:
             raise click.UsageError("give --order K (or --all)")
-        if family != "ersde" and dynamics is None:
-            dynamics = "er" if phi != "default" else "ode"
         specs = [
-            Spec(
+            Spec.from_options(
                 family=family,
                 order=order,
                 phi=phi,

@@ -55,6 +55,33 @@ class Spec:
     #: the expansion variable: "s" (= sigma/alpha, ER-SDE-Solver) or "lambda" (= log(alpha/sigma), DPM-Solver)
     variable: str = "s"
 
+    @classmethod
+    def from_options(
+        cls,
+        family: str = "ersde",
+        order: int = 3,
+        phi: str = "default",
+        method: str = "taylor",
+        dynamics: str | None = None,
+        prediction: str | None = None,
+        schedule: str | None = None,
+        variable: str = "s",
+    ) -> Spec:
+        """The spec for these options with the command line's defaults (the one place they live): a process
+        family without ``dynamics`` takes ``er`` when ``phi`` is given, else ``ode``."""
+        if family != "ersde" and dynamics is None:
+            dynamics = "er" if phi != "default" else "ode"
+        return cls(
+            family=family,
+            order=order,
+            phi=phi,
+            method=method,
+            dynamics=dynamics,
+            prediction=prediction,
+            schedule=schedule,
+            variable=variable,
+        )
+
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise SpecError(f"unknown family {self.family!r}; choose one of: {', '.join(FAMILIES)}")
