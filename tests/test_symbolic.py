@@ -101,3 +101,35 @@ def test_check_failure_is_a_derivation_error(monkeypatch):
     with pytest.raises(DerivationError) as info:
         checks.step_checks(derive_step(s), {}, lambda n, a, b: 1)
     assert info.value.exit_code == 3
+
+
+def test_definition_weight_against_hand_solved_cases():
+    """phi = s: c_0 = 1 - s'/sigma and c_1 = (s' - sigma) - s' log(s'/sigma) by hand, at 50 digits."""
+    from derive.checks import definition_weight
+
+    a, b = mpmath.mpf("1.5"), mpmath.mpf("0.4")
+    with mpmath.workdps(50):
+        assert abs(definition_weight(s, 0, a, b) - (1 - b / a)) < mpmath.mpf(10) ** -45
+        expected = (b - a) - b * mpmath.log(b / a)
+        assert abs(definition_weight(s, 1, a, b) - expected) < mpmath.mpf(10) ** -45
+
+
+def test_step_checks_catch_a_wrong_ratio_variance_or_weight():
+    """The checks solve the equations the step comes from: a perturbed ratio, variance or closed weight fails."""
+    import dataclasses
+
+    from derive import checks
+    from derive.symbolic.ersde import closed_form_weight
+
+    step = derive_step(s**2)
+    closed = {n: closed_form_weight(step, n) for n in range(3)}
+    names = {check.name for check in checks.step_checks(step, closed)}
+    assert names == {"ratio and variance", "c_0 closed form", "c_1 closed form", "c_2 closed form"}
+    for field, wrong in [
+        ("ratio", step.ratio * (1 + (sigma - sigma_next) ** 2)),
+        ("noise_variance", step.noise_variance * sp.Rational(101, 100)),
+    ]:
+        with pytest.raises(DerivationError):
+            checks.step_checks(dataclasses.replace(step, **{field: wrong}), {})
+    with pytest.raises(DerivationError, match="closed form of c_1"):
+        checks.step_checks(step, {**closed, 1: closed[1] * (1 + sp.Rational(1, 10**20))})

@@ -17,7 +17,6 @@ from derive.coefficients import (
     HISTORY_AMPLIFICATION_FACTOR,
     CoefficientPlan,
     Quantity,
-    _mp_quad_weight,
     evaluation_notes,
     plan_coefficients,
 )
@@ -138,7 +137,7 @@ def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
         for q in plan.weights
         if q.closed is not None and spec.form == "data" and spec.variable == "s"
     }
-    step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
+    step_checks(step, closed)
     for k in range(1, spec.order + 1):
         interpolation_check(k)
         if spec.method == "pc":
