@@ -44,6 +44,7 @@ from derive.symbolic.families import (
     derive_family,
     family_update,
     pure_noise_limits,
+    pure_noise_step,
     ratio,
     sigma_next_t,
     std,
@@ -472,20 +473,11 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
     )
     limit, _ = pure_noise_limits(step.phi, s)
     if spec.form == "data":
-        s_next = sigma_next_t / alpha_next
-        rho = step.phi.subs(s, s_next) * limit / fam_sigma  # lim ratio/alpha as alpha -> 0
-        variance = s_next**2 - step.phi.subs(s, s_next) ** 2 * limit**2
-        coefficients = [
-            sp.simplify(update.A.subs(ratio, rho * fam_alpha)),
-            update.B,
-            update.C.subs(std, sp.sqrt(variance)),
-            sp.simplify(update.M.subs({ratio: rho * fam_alpha, weight_sum: 1})),
-        ]
         routines.append(
             make_routine(
                 "_pure_noise_step",
                 [fam_sigma, alpha_next, sigma_next_t],
-                coefficients,
+                list(pure_noise_step(step.phi, s, update)),
                 "(A, B, C, M) of a first step from alpha = 0 (s = oo): the limit of the update (derived).",
             )
         )

@@ -307,3 +307,20 @@ def pure_noise_limits(phi: sp.Expr, s: sp.Symbol) -> tuple[sp.Expr, sp.Expr]:
     if limit.has(sp.oo, sp.nan, sp.zoo):
         raise ArithmeticError(f"s/phi(s) has no finite limit at infinity: {limit}")
     return limit, phi
+
+
+def pure_noise_step(phi: sp.Expr, s: sp.Symbol, update: FamilyUpdate) -> tuple[sp.Expr, ...]:
+    """(A, B, C, M) of a data-form first step from alpha = 0 (s = oo): the limit of ``update`` (the family
+    update of :func:`family_update`) as alpha -> 0 with sigma fixed, from :func:`pure_noise_limits`.
+
+    Functions of the family's sigma, alpha_next and sigma_next."""
+    limit, _ = pure_noise_limits(phi, s)
+    s_next = sigma_next_t / alpha_next
+    rho = phi.subs(s, s_next) * limit / sigma_t  # lim ratio/alpha as alpha -> 0
+    variance = s_next**2 - phi.subs(s, s_next) ** 2 * limit**2
+    return (
+        sp.simplify(update.A.subs(ratio, rho * alpha)),
+        update.B,
+        update.C.subs(std, sp.sqrt(variance)),
+        sp.simplify(update.M.subs({ratio: rho * alpha, weight_sum: 1})),
+    )
