@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import shlex
 
 from derive.errors import SpecError
 from derive.symbolic.expression import PRESETS
@@ -263,3 +264,21 @@ CATALOGUE: tuple[Spec, ...] = (
     Spec("vpsde", 2, dynamics="ode", schedule="discrete"),
     Spec("mrsde", 2, dynamics="sde", schedule="discrete"),
 )
+
+
+def command_args(spec: Spec) -> str:
+    """The `derive gen` options that select ``spec`` (for "Regenerate with" lines and reproduce commands)."""
+    args = [f"--family {spec.family}", f"--order {spec.order}"]
+    if spec.dynamics is not None:
+        args.append(f"--dynamics {spec.dynamics}")
+    if spec.phi != "default":
+        args.append(f"--phi {shlex.quote(spec.phi)}")
+    if spec.prediction is not None:
+        args.append(f"--prediction {spec.prediction}")
+    if spec.schedule is not None:
+        args.append(f"--schedule {spec.schedule}")
+    if spec.variable != "s":
+        args.append(f"--variable {spec.variable}")
+    if spec.method != "taylor":
+        args.append(f"--method {spec.method}")
+    return " ".join(args)

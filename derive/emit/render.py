@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import shlex
 import shutil
 import subprocess
 import textwrap
@@ -12,23 +11,19 @@ import textwrap
 import jinja2
 import sympy as sp
 
-from derive.checks import adams_identity_check, generic_checks, interpolation_check, step_checks
 from derive.coefficients import (
     HISTORY_AMPLIFICATION_FACTOR,
     CoefficientPlan,
     Quantity,
     evaluation_notes,
-    plan_coefficients,
 )
+from derive.derivation import derive_spec
 from derive.emit.printer import Polyval, Routine, make_routine
-from derive.errors import AdmissibilityError
 from derive.provenance import template_dir
 from derive.quadrature import gauss_legendre
-from derive.spec import Spec
-from derive.symbolic.admissibility import check_phi
+from derive.spec import Spec, command_args
 from derive.symbolic.ersde import (
     ERSDEStep,
-    derive_step,
     expansion_factor,
     h,
     node_offset,
@@ -37,7 +32,6 @@ from derive.symbolic.ersde import (
     sigma_next,
     v,
 )
-from derive.symbolic.expression import parse_expression
 from derive.symbolic.families import (
     FAMILIES,
     alpha_next,
@@ -81,71 +75,6 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         autoescape=False,
     )
-
-
-#: CPU-time bound (seconds) on one derivation, independent of machine load; a phi that SymPy cannot
-#: handle in this time is refused
-DERIVATION_TIME_LIMIT = 40.0
-
-
-class _DerivationTimeout(Exception):
-    pass
-
-
-@functools.cache
-def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
-    """Parse and admit phi, derive the step, run every check, plan the float64 evaluation.
-
-    Failures that come from phi itself (SymPy running out of time, quadrature that cannot reach float64
-    accuracy because phi overflows) are reported as AdmissibilityError, not as tracebacks.
-    """
-    import signal
-    import threading
-
-    use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    if use_alarm:
-
-        def _expired(signum, frame):
-            raise _DerivationTimeout
-
-        previous = signal.signal(signal.SIGVTALRM, _expired)
-        signal.setitimer(signal.ITIMER_VIRTUAL, DERIVATION_TIME_LIMIT)
-    try:
-        return _derive_spec(spec)
-    except _DerivationTimeout:
-        raise AdmissibilityError(
-            f"phi is too complex: its derivation did not finish within {DERIVATION_TIME_LIMIT:.0f} s ({spec.phi_text})"
-        ) from None
-    except (ArithmeticError, NameError, OverflowError, NotImplementedError) as error:
-        raise AdmissibilityError(f"phi cannot be evaluated accurately in float64: {error}") from None
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-            signal.signal(signal.SIGVTALRM, previous)
-
-
-def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
-    phi = parse_expression(spec.phi_text)
-    check_phi(phi, s)
-    step = derive_step(phi)
-    generic_checks()
-    # the corrector integrates one degree more: it needs c_0 .. c_K
-    plan = plan_coefficients(
-        step, spec.order + (spec.method == "pc"), spec.form, spec.variable, direct=spec.method == "adams"
-    )
-    closed = {
-        int(q.name[1:]): q.closed
-        for q in plan.weights
-        if q.closed is not None and spec.form == "data" and spec.variable == "s"
-    }
-    step_checks(step, closed)
-    for k in range(1, spec.order + 1):
-        interpolation_check(k)
-        if spec.method == "pc":
-            interpolation_check(k, corrector=True)
-        if spec.method == "adams":
-            adams_identity_check(step, k, spec.form, spec.variable)
-    return step, plan
 
 
 def _series_expression(q: Quantity) -> sp.Expr:
@@ -518,23 +447,6 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
             "family_update": update.text,
         }
     }
-
-
-def command_args(spec: Spec) -> str:
-    args = [f"--family {spec.family}", f"--order {spec.order}"]
-    if spec.dynamics is not None:
-        args.append(f"--dynamics {spec.dynamics}")
-    if spec.phi != "default":
-        args.append(f"--phi {shlex.quote(spec.phi)}")
-    if spec.prediction is not None:
-        args.append(f"--prediction {spec.prediction}")
-    if spec.schedule is not None:
-        args.append(f"--schedule {spec.schedule}")
-    if spec.variable != "s":
-        args.append(f"--variable {spec.variable}")
-    if spec.method != "taylor":
-        args.append(f"--method {spec.method}")
-    return " ".join(args)
 
 
 @functools.cache

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import sympy as sp
 
+from derive.derivation import derive_spec
 from derive.emit.printer import make_routine
-from derive.emit.render import _environment, _routines, derive_spec, format_source, shared_context, step_text
+from derive.emit.render import _environment, _routines, format_source, shared_context, step_text
 from derive.variants import Variant, check_variant, delta1, delta2, step, taylor_symbols
 
 _OFFSETS = (delta1, delta2)

@@ -25,7 +25,7 @@ def _derived_module(variant):
     spec = variant.base_spec
     if spec.name in harness.manifest():
         return harness.load_checked_in(spec.name), f"derive verify --module {spec.name}"
-    from derive.emit.render import command_args
+    from derive.spec import command_args
 
     return harness.load_rendered(spec), f"derive verify {command_args(spec)}"
 
