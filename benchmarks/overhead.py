@@ -6,7 +6,10 @@ driven in the standard loop (``set_timesteps`` included), and the floor, three f
 state per step (``torch.add(x, y, alpha=c)``). Peers are interleaved within each repeat (in a shuffled order)
 and ratios are taken within a repeat, then the median over repeats is reported: the machine may be shared.
 
-It also checks whether one step of the loop compiles with ``torch.compile(fullgraph=True)``.
+It also measures ``DeriveScheduler`` (derive's diffusers scheduler) driven in diffusers' standard loop against
+the same module's own ``sample()`` and against diffusers' DPM-Solver++(2M), per step, ``set_timesteps`` /
+the coefficient table included (targets: within 1.5x of the module's loop, at most 0.3x DPM++2M), and checks
+whether one step of the loop compiles with ``torch.compile(fullgraph=True)``.
 
     /work/venv/bin/python benchmarks/overhead.py            # full run (several minutes)
     /work/venv/bin/python benchmarks/overhead.py --quick    # tiny sizes, seconds
@@ -44,6 +47,9 @@ OURS = {1: "ersde_order1_phi_ode", 2: "ersde_order2_phi_ode", 3: "ersde_order3_p
 #: fastest (timeit's rule against preemption on a shared machine); the table reports the median over repeats
 FULL_CASES = [((1, 4, 64, 64), 20, 31, 5), ((1, 4, 64, 64), 50, 21, 3), ((16, 3, 256, 256), 20, 9, 1)]
 QUICK_CASES = [((1, 2, 8, 8), 5, 3, 1)]
+#: (state shape, steps, repeats, inner) of the scheduler comparison
+SCHEDULER_CASES = [((1, 4, 64, 64), 20, 21, 3), ((4, 4, 128, 128), 20, 15, 2)]
+QUICK_SCHEDULER_CASES = [((1, 2, 8, 8), 5, 3, 1)]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,6 +336,119 @@ def bench_case(shape, n_steps: int, repeats: int, inner: int = 1, seed: int = 0)
     return {"shape": list(shape), "steps": n_steps, "repeats": repeats, "inner": inner, "results": rows}
 
 
+def scheduler_case(shape, n_steps: int, repeats: int, inner: int = 1, seed: int = 0) -> dict:
+    """DeriveScheduler in diffusers' loop vs the module's own sample() vs diffusers' DPM++2M, per step.
+
+    A zero-cost model returns a fixed tensor. The scheduler and DPM++2M use their default multistep grid
+    (``DeriveScheduler(timestep_grid="multistep", timestep_spacing="linspace")``), ``prediction_type="sample"``
+    (a data prediction, as the module's denoiser) and ``return_dict=False`` (what the SD / SDXL / SD3 / Flux
+    pipelines call); rows with ``return_dict=True`` and with an epsilon model show those costs. The module's
+    sample() runs on the scheduler's own noise levels.
+    """
+    from diffusers import DPMSolverMultistepScheduler
+
+    from derive.integrations.diffusers import DeriveScheduler
+
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(shape, generator=gen)
+    fixed = torch.randn(shape, generator=gen)
+
+    def model(x, sigma):
+        return fixed
+
+    def drive(scheduler, return_dict=False):
+        start = time.perf_counter()
+        scheduler.set_timesteps(n_steps)
+        x = x0
+        for t in scheduler.timesteps:
+            out = scheduler.step(fixed, t, x, return_dict=return_dict)
+            x = out.prev_sample if return_dict else out[0]
+        return time.perf_counter() - start
+
+    runners = {}
+    for k, name in OURS.items():
+        module = load_generated(name)
+        grid = {"timestep_grid": "multistep", "timestep_spacing": "linspace"}
+        sched = DeriveScheduler(module=module, prediction_type="sample", **grid)
+        eps = DeriveScheduler(module=module, prediction_type="epsilon", **grid)
+        sched.set_timesteps(n_steps)
+        sigmas = torch.tensor([g / a for g, a in zip(sched.sigma_t, sched.alpha_t)], dtype=torch.float64)
+
+        def own(m=module, s=sigmas):
+            start = time.perf_counter()
+            m.sample(model, x0, s)
+            return time.perf_counter() - start
+
+        runners[f"order {k}: module sample()"] = own
+        runners[f"order {k}: DeriveScheduler"] = lambda s=sched: drive(s)
+        runners[f"order {k}: DeriveScheduler, return_dict=True"] = lambda s=sched: drive(s, True)
+        runners[f"order {k}: DeriveScheduler, epsilon model"] = lambda s=eps: drive(s)
+    dpm = DPMSolverMultistepScheduler(prediction_type="sample", algorithm_type="dpmsolver++", solver_order=2)
+    runners["diffusers DPMSolver++ 2M"] = lambda: drive(dpm)
+
+    for run in runners.values():  # warm-up
+        run()
+    times = {name: [] for name in runners}
+    rng = random.Random(seed)
+    for _ in range(repeats):
+        order = list(runners)
+        rng.shuffle(order)
+        gc.collect()
+        gc.disable()
+        try:
+            for name in order:
+                times[name].append(min(runners[name]() for _ in range(inner)) / n_steps)
+        finally:
+            gc.enable()
+    dpm_times = times["diffusers DPMSolver++ 2M"]
+    rows = {}
+    for name, per in times.items():
+        k = name.split(":")[0]
+        own_times = times.get(f"{k}: module sample()", per)
+        rows[name] = {
+            "step_s_median": median(per),
+            "ratio_vs_module": median([t / o for t, o in zip(per, own_times)]),
+            "ratio_vs_dpm2m": median([t / d for t, d in zip(per, dpm_times)]),
+            "raw_step_s": per,
+        }
+    return {"shape": list(shape), "steps": n_steps, "repeats": repeats, "inner": inner, "results": rows}
+
+
+def render_scheduler(cases) -> list[str]:
+    parts = [
+        "## DeriveScheduler in diffusers' loop",
+        "",
+        (
+            "Per step, `set_timesteps` (scheduler) or the coefficient table (module) included, a zero-cost model, "
+            "float32. `time / module` is against the same module's own `sample()`, `time / DPM++2M` against "
+            "diffusers' DPMSolverMultistepScheduler (dpmsolver++, order 2) in the same loop; medians of per-repeat "
+            "ratios, peers interleaved in a shuffled order. Targets: DeriveScheduler (return_dict=False, data "
+            "prediction) within 1.5x of the module and at most 0.3x DPM++2M."
+        ),
+        "",
+    ]
+    for case in cases:
+        shape = "x".join(str(v) for v in case["shape"])
+        parts.append(
+            f"**State {shape}, {case['steps']} steps, median of {case['repeats']} interleaved repeats"
+            + (f" (each the best of {case['inner']} back-to-back runs)" if case.get("inner", 1) > 1 else "")
+            + "**"
+        )
+        parts.append("")
+        rows = [
+            [
+                name,
+                fmt(r["step_s_median"] * 1e6, ".1f"),
+                fmt(r["ratio_vs_module"], ".2f"),
+                fmt(r["ratio_vs_dpm2m"], ".2f"),
+            ]
+            for name, r in case["results"].items()
+        ]
+        parts.append(markdown_table(["sampler", "time/step (us)", "time / module", "time / DPM++2M"], rows))
+        parts.append("")
+    return parts
+
+
 def render(payload: dict) -> str:
     parts = [
         f"Machine: {machine_line(payload['machine'])}",
@@ -376,6 +495,8 @@ def render(payload: dict) -> str:
             )
         parts.append(markdown_table(header, rows))
         parts.append("")
+    if payload.get("scheduler"):
+        parts += render_scheduler(payload["scheduler"])
     comp = payload.get("compile")
     if comp:
         parts.append(
@@ -461,6 +582,10 @@ def main(argv=None) -> dict:
     for shape, n_steps, repeats, inner in cases:
         payload["cases"].append(bench_case(shape, n_steps, args.repeats or repeats, inner))
         print(f"done {shape} x {n_steps} steps", file=sys.stderr, flush=True)
+    payload["scheduler"] = []
+    for shape, n_steps, repeats, inner in QUICK_SCHEDULER_CASES if args.quick else SCHEDULER_CASES:
+        payload["scheduler"].append(scheduler_case(shape, n_steps, args.repeats or repeats, inner))
+        print(f"done scheduler {shape} x {n_steps} steps", file=sys.stderr, flush=True)
     if do_compile:
         shape = (1, 2, 8, 8) if args.quick else (16, 3, 256, 256)
         payload["compile"] = compile_check(shape, 20, 3 if args.quick else 7)

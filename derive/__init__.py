@@ -6,7 +6,8 @@ coefficients of any order; the emitter prints them into standalone torch modules
 
 from derive.api import generate, generate_all
 from derive.errors import DeriveError
+from derive.loader import load
 from derive.spec import CATALOGUE, Spec
 
-__all__ = ["CATALOGUE", "DeriveError", "Spec", "generate", "generate_all"]
+__all__ = ["CATALOGUE", "DeriveError", "Spec", "generate", "generate_all", "load"]
 __version__ = "0.1.0"

@@ -1,11 +1,10 @@
-"""A small on-disk cache for the two costly, pure results of a derivation.
+"""A small on-disk cache for the costly, pure part of a derivation.
 
-* the 30-digit reference values that choose a quadrature rule (floats, a function of the integrand, the
-  sampled steps and the reference rule only);
-* "SymPy found no antiderivative within its time limit" (a boolean, a function of the integrand, the time
-  limit and the SymPy version).
+The 30-digit reference values that size a quadrature rule (decimal strings, a function of the integrands,
+the sampled steps, the reference rule and the mpmath version only). A cached value only saves time: it is the
+same value a cold run computes, so the generated text never depends on the cache.
 
-Values are plain JSON numbers and booleans, never code: a cache file is parsed, not evaluated. Every key is
+Values are plain JSON strings and lists, never code: a cache file is parsed, not evaluated. Every key is
 the SHA-256 of everything the value depends on, so a stale entry cannot be hit; entries are written to a
 temporary file and renamed. Location: ``$DERIVE_CACHE_DIR``, else ``$XDG_CACHE_HOME/derive``, else
 ``~/.cache/derive``; ``DERIVE_CACHE_DIR=off`` disables it. An unwritable location only costs time.

@@ -69,31 +69,51 @@ def generic_checks() -> tuple[Check, ...]:
     drift, h2 = drift_and_diffusion(phi)
     y, x0 = sp.symbols("y x0", real=True)
     _require(_is_zero(drift - dphi / phi * (y - x0)), "drift", f"{drift}")
-    checks.append(Check("drift", "dy/ds = phi'/phi (y - x0) + h dw, h^2 = 2 s (s phi'/phi - 1)", "symbolic", "0"))
+    checks.append(
+        Check("drift", "dy/ds = phi'/phi (y - x0) + h dw, h^2 = 2 s (s phi'/phi - 1)", "symbolic", "0")
+    )
 
     # 2. variation of constants: with x0 constant, y(s) = r(s) y_i + (1 - r(s)) x0 solves the drift ODE
     r_of_s = phi / phi_generic(sigma)
     y_of_s = r_of_s * y + (1 - r_of_s) * x0
     residual = sp.diff(y_of_s, s) - (dphi / phi * (y_of_s - x0))
     _require(_is_zero(residual), "exact mean", str(residual))
-    checks.append(Check("exact mean", "y(s) = r y_i + (1 - r) x0 solves the drift for constant x0", "symbolic", "0"))
+    checks.append(
+        Check("exact mean", "y(s) = r y_i + (1 - r) x0 solves the drift for constant x0", "symbolic", "0")
+    )
 
     # 3. the noise variance solves the linear SDE's variance equation (reverse time): dV/ds = 2 phi'/phi V - h^2
     variance = s**2 - sigma**2 * r_of_s**2
     residual = sp.diff(variance, s) - (2 * dphi / phi * variance - h2)
     _require(_is_zero(residual), "variance equation", str(sp.simplify(residual)))
     _require(_is_zero(variance.subs(s, sigma)), "variance initial value", str(variance.subs(s, sigma)))
-    checks.append(Check("variance", "V = s^2 - sigma^2 r^2 solves dV/ds = 2 phi'/phi V - h^2, V(sigma) = 0", "symbolic", "0"))
+    checks.append(
+        Check(
+            "variance",
+            "V = s^2 - sigma^2 r^2 solves dV/ds = 2 phi'/phi V - h^2, V(sigma) = 0",
+            "symbolic",
+            "0",
+        )
+    )
 
     # 4. integration by parts: d/ds[-(s - sigma)^n/(n! phi)] = phi'/phi^2 (s-sigma)^n/n! - (s-sigma)^(n-1)/((n-1)! phi)
     n = sp.Symbol("n", positive=True, integer=True)
     lhs = sp.diff(-((s - sigma) ** n) / (sp.factorial(n) * phi), s)
-    rhs = dphi / phi**2 * (s - sigma) ** n / sp.factorial(n) - (s - sigma) ** (n - 1) / (sp.factorial(n - 1) * phi)
+    rhs = dphi / phi**2 * (s - sigma) ** n / sp.factorial(n) - (s - sigma) ** (n - 1) / (
+        sp.factorial(n - 1) * phi
+    )
     # with s = sigma + d (d > 0) SymPy can combine the powers (s - sigma)^n = d * (s - sigma)^(n-1)
     d = sp.Symbol("d", positive=True)
     residual = sp.gammasimp((lhs - rhs).rewrite(sp.gamma)).subs(s, sigma + d)
     _require(_is_zero(sp.expand(residual)), "integration by parts", str(lhs - rhs))
-    checks.append(Check("integration by parts", "c_n = (sigma_next - sigma)^n/n! + phi(sigma_next) int (s-sigma)^(n-1)/((n-1)! phi) ds", "symbolic", "0"))
+    checks.append(
+        Check(
+            "integration by parts",
+            "c_n = (sigma_next - sigma)^n/n! + phi(sigma_next) int (s-sigma)^(n-1)/((n-1)! phi) ds",
+            "symbolic",
+            "0",
+        )
+    )
     return tuple(checks)
 
 
@@ -109,7 +129,14 @@ def step_checks(step: ERSDEStep, closed_weights: dict[int, sp.Expr], reference) 
     v_of_s = s**2 - sigma**2 * (phi / phi.subs(s, sigma)) ** 2
     residual = sp.diff(v_of_s, s) - (2 * sp.diff(phi, s) / phi * v_of_s - h2)
     _require(_is_zero(residual), "variance equation for this phi", str(residual))
-    checks.append(Check("ratio and variance", "r = phi(s')/phi(s), v = s'^2 - s^2 r^2 solve the SDE for this phi", "symbolic", "0"))
+    checks.append(
+        Check(
+            "ratio and variance",
+            "r = phi(s')/phi(s), v = s'^2 - s^2 r^2 solve the SDE for this phi",
+            "symbolic",
+            "0",
+        )
+    )
 
     # dyadic points: exactly representable, so the float reference and the exact closed form see the same step
     points = [(a, a * rho) for a in (0.0625, 1.0, 32.0) for rho in (0.875, 0.375)]
@@ -121,11 +148,18 @@ def step_checks(step: ERSDEStep, closed_weights: dict[int, sp.Expr], reference) 
                 exact = reference(n, a, b)
                 worst = max(worst, float(abs((mpmath.mpf(str(value)) - exact) / exact)))
         _require(worst < 1e-25, f"closed form of c_{n}", f"differs from quadrature by {worst:.3g} (relative)")
-        checks.append(Check(f"c_{n} closed form", f"SymPy's closed form of c_{n} equals the quadrature of its integral", "mpmath (30-digit quadrature)", f"{worst:.1e}"))
+        checks.append(
+            Check(
+                f"c_{n} closed form",
+                f"SymPy's closed form of c_{n} equals the quadrature of its integral",
+                "mpmath (30-digit quadrature)",
+                f"{worst:.1e}",
+            )
+        )
     return tuple(checks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def interpolation_check(k: int, corrector: bool = False) -> Check:
     """D (or the corrector's D') is exact on polynomials of degree < k (<= k), with exact rational offsets."""
     D = corrector_derivative_weights(k) if corrector else derivative_weights(k)
@@ -147,11 +181,16 @@ def interpolation_check(k: int, corrector: bool = False) -> Check:
                 name = "corrector" if corrector else "interpolation"
                 _require(got == want, f"{name} derivative D[{n}] (k={k})", f"x^{p} gives {got}, want {want}")
     if corrector:
-        return Check(f"corrector k={k}", f"D'_n through the new point is exact for x^p, p <= {k}", "symbolic (exact rationals)", "0")
+        return Check(
+            f"corrector k={k}",
+            f"D'_n through the new point is exact for x^p, p <= {k}",
+            "symbolic (exact rationals)",
+            "0",
+        )
     return Check(f"interpolation k={k}", f"D_n is exact for x^p, p < {k}", "symbolic (exact rationals)", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adams_identity_check(step: ERSDEStep, k: int, form: str, variable: str) -> Check:
     r"""Adams (integrated Lagrange basis) = Taylor (c_n times interpolated derivatives), in exact arithmetic.
 
@@ -165,10 +204,15 @@ def adams_identity_check(step: ERSDEStep, k: int, form: str, variable: str) -> C
 
     basis, D, deltas = lagrange_basis(k), derivative_weights(k), offset_symbols(k)
     rng = random.Random(1000 + k)
-    values = [sp.Rational(rng.randint(1, 997), rng.randint(1, 97)) * (-1 if variable == "lambda" else 1) for _ in range(k - 1)]
+    values = [
+        sp.Rational(rng.randint(1, 997), rng.randint(1, 97)) * (-1 if variable == "lambda" else 1)
+        for _ in range(k - 1)
+    ]
     subs = dict(zip(deltas, values))
     for j in range(k):
-        residual = sp.expand(basis[j].subs(subs) - sum(D[n][j].subs(subs) * x**n / sp.factorial(n) for n in range(k)))
+        residual = sp.expand(
+            basis[j].subs(subs) - sum(D[n][j].subs(subs) * x**n / sp.factorial(n) for n in range(k))
+        )
         _require(residual == 0, f"Adams basis l_{j} (k={k})", str(residual))
     worst = 0.0
     with mpmath.workdps(CHECK_DPS):
@@ -184,14 +228,24 @@ def adams_identity_check(step: ERSDEStep, k: int, form: str, variable: str) -> C
         basis_mp = [sp.lambdify((x, *deltas), ell, "mpmath") for ell in basis]
         to_u = (lambda vv: mpmath.expm1(vv)) if variable == "s" else (lambda vv: -vv)
         lower = -mpmath.log(a / b)
-        adams = [prefactor * mpmath.quad(lambda vv, f=f: density(a, vv) * f(to_u(vv), *offsets), [lower, 0]) for f in basis_mp]
+        adams = [
+            prefactor * mpmath.quad(lambda vv, f=f: density(a, vv) * f(to_u(vv), *offsets), [lower, 0])
+            for f in basis_mp
+        ]
         c = [order_integral(step, form, variable, a, b, n) / mpmath.factorial(n) for n in range(k)]
         matrix = [[sp.lambdify(deltas, D[n][j], "mpmath")(*offsets) for j in range(k)] for n in range(k)]
         taylor = [mpmath.fsum(c[n] * matrix[n][j] for n in range(k)) for j in range(k)]
         scale = max(abs(w) for w in taylor)
         worst = max(float(abs(p - q) / scale) for p, q in zip(adams, taylor))
-    _require(worst < 1e-40, f"Adams = Taylor (k={k})", f"weights differ by {worst:.3g} (relative) at 50 digits")
-    return Check(f"adams k={k}", "int rho l_j = sum_n c_n D_nj (integrated Lagrange basis = Taylor weights)", "symbolic + mpmath-50", f"{worst:.1e}")
+    _require(
+        worst < 1e-40, f"Adams = Taylor (k={k})", f"weights differ by {worst:.3g} (relative) at 50 digits"
+    )
+    return Check(
+        f"adams k={k}",
+        "int rho l_j = sum_n c_n D_nj (integrated Lagrange basis = Taylor weights)",
+        "symbolic + mpmath-50",
+        f"{worst:.1e}",
+    )
 
 
 def order_integral(step: ERSDEStep, form: str, variable: str, a, b, p: int, dps: int = 60):
@@ -204,7 +258,12 @@ def order_integral(step: ERSDEStep, form: str, variable: str, a, b, p: int, dps:
         q = weight_quantity(step, p, form, closed=False, variable=variable)
         f = sp.lambdify((sigma, log_step), q.integrand, "mpmath")
         pre = sp.lambdify((sigma, sigma_next), q.prefactor, "mpmath")(a, b)
-        return pre * half * mpmath.fsum(w * f(a, half * (xk - 1)) for xk, w in zip(nodes, weights)) * mpmath.factorial(p)
+        return (
+            pre
+            * half
+            * mpmath.fsum(w * f(a, half * (xk - 1)) for xk, w in zip(nodes, weights))
+            * mpmath.factorial(p)
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,21 +311,28 @@ def order_conditions(
         b = a - mpmath.mpf(h)
         half = mpmath.log(a / b) / 2
         v_nodes = [half * (x - 1) for x in nodes]
-        prefactor = sp.lambdify((sigma, sigma_next), weight_quantity(step, 0, form, closed=False).prefactor, "mpmath")(a, b)
+        prefactor = sp.lambdify(
+            (sigma, sigma_next), weight_quantity(step, 0, form, closed=False).prefactor, "mpmath"
+        )(a, b)
         density = step.weight_density_log if form == "data" else s * step.noise_density
         dens = sp.lambdify(s, density, "mpmath")
         values = [dens(a * mpmath.exp(vv)) for vv in v_nodes]
 
         def integral(p: int):
             # prefactor * int (x - 1)^p rho(x) dx over [b, a], in v = log x (dx = x dv is inside `density`)
-            terms = (w * f * (mpmath.expm1(vv) if variable == "s" else -vv) ** p for w, f, vv in zip(weights, values, v_nodes))
+            terms = (
+                w * f * (mpmath.expm1(vv) if variable == "s" else -vv) ** p
+                for w, f, vv in zip(weights, values, v_nodes)
+            )
             return prefactor * half * mpmath.fsum(terms)
 
         points = [mpmath.mpf(o) for o in offsets]
         if corrector:  # u_{i+1} - u_i: -h in s, log(s_i / s_{i+1}) in lambda = -log s
             points.insert(0, -mpmath.mpf(h) if variable == "s" else mpmath.log(a / b))
         c = [integral(n) / mpmath.factorial(n) for n in range(size)]
-        subs = {d: sp.Float(o, dps) for d, o in zip(deltas, [points[0], *points[1:]] if corrector else points)}
+        subs = {
+            d: sp.Float(o, dps) for d, o in zip(deltas, [points[0], *points[1:]] if corrector else points)
+        }
         matrix = [[mpmath.mpf(str(sp.N(D[n][j].subs(subs), dps))) for j in range(size)] for n in range(size)]
         w = [mpmath.fsum(c[n] * matrix[n][j] for n in range(size)) for j in range(size)]
         points = [points[0], mpmath.mpf(0), *points[1:]] if corrector else [mpmath.mpf(0), *points]
@@ -275,5 +341,8 @@ def order_conditions(
             exact = integral(p)
             got = mpmath.fsum(w[j] * points[j] ** p for j in range(size))
             residuals.append(float((got - exact) / abs(exact)) if exact != 0 else float(got))
-        leading = float((mpmath.fsum(w[j] * points[j] ** size for j in range(size)) - integral(size)) / mpmath.mpf(h) ** (size + 1))
+        leading = float(
+            (mpmath.fsum(w[j] * points[j] ** size for j in range(size)) - integral(size))
+            / mpmath.mpf(h) ** (size + 1)
+        )
     return OrderConditions(tuple(residuals), leading)

@@ -12,7 +12,17 @@ import sys
 import click
 
 from derive.errors import DeriveError, DriftError, SpecError
-from derive.spec import CATALOGUE, DYNAMICS, FAMILIES, MAX_ORDER, METHODS, PHI_PRESETS, PREDICTIONS, VARIABLES, Spec
+from derive.spec import (
+    CATALOGUE,
+    DYNAMICS,
+    FAMILIES,
+    MAX_ORDER,
+    METHODS,
+    PHI_PRESETS,
+    PREDICTIONS,
+    VARIABLES,
+    Spec,
+)
 
 
 def _fail(error: DeriveError) -> None:
@@ -59,25 +69,72 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--family", type=click.Choice(FAMILIES), default="ersde", show_default=True, help="Process family.")
-@click.option("--order", type=click.IntRange(1, MAX_ORDER), default=None, help=f"Multistep order K (1-{MAX_ORDER}).")
+@click.option(
+    "--family", type=click.Choice(FAMILIES), default="ersde", show_default=True, help="Process family."
+)
+@click.option(
+    "--order", type=click.IntRange(1, MAX_ORDER), default=None, help=f"Multistep order K (1-{MAX_ORDER})."
+)
 @click.option(
     "--phi",
     default="default",
     show_default=True,
     help=f"Noise-scale function phi(s): a preset ({', '.join(PHI_PRESETS)}) or an expression in s.",
 )
-@click.option("--method", type=click.Choice(METHODS), default="taylor", show_default=True, help="taylor (interpolated derivatives), adams (integrated Lagrange basis, same weights) or pc (corrector: order K + 1).")
-@click.option("--dynamics", type=click.Choice(DYNAMICS), default=None, help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only.")
-@click.option("--prediction", type=click.Choice(PREDICTIONS), default=None, help="What the model predicts; selects the update form (default: the family's usual one).")
-@click.option("--variable", type=click.Choice(VARIABLES), default="s", show_default=True, help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma) (t, the family's own time, is refused with the reason).")
-@click.option("--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde).")
-@click.option("--variant", default=None, help="A published sampler (see `derive list`), written with the derivation's pieces.")
-@click.option("--all", "all_", is_flag=True, help="Regenerate the whole catalogue of checked-in modules (variants included).")
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default=pathlib.Path("generated"), show_default=True, help="Output folder.")
+@click.option(
+    "--method",
+    type=click.Choice(METHODS),
+    default="taylor",
+    show_default=True,
+    help="taylor (interpolated derivatives), adams (integrated Lagrange basis, same weights) or pc (corrector: order K + 1).",
+)
+@click.option(
+    "--dynamics",
+    type=click.Choice(DYNAMICS),
+    default=None,
+    help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only.",
+)
+@click.option(
+    "--prediction",
+    type=click.Choice(PREDICTIONS),
+    default=None,
+    help="What the model predicts; selects the update form (default: the family's usual one).",
+)
+@click.option(
+    "--variable",
+    type=click.Choice(VARIABLES),
+    default="s",
+    show_default=True,
+    help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma) (t, the family's own time, is refused with the reason).",
+)
+@click.option(
+    "--schedule", default=None, help="The family's schedule (e.g. linear, cosine, discrete for vpsde)."
+)
+@click.option(
+    "--variant",
+    default=None,
+    help="A published sampler (see `derive list`), written with the derivation's pieces.",
+)
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Regenerate the whole catalogue of checked-in modules (variants included).",
+)
+@click.option(
+    "--check", is_flag=True, help="Write nothing; exit 1 with a diff if files differ from the derivation."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=pathlib.Path),
+    default=pathlib.Path("generated"),
+    show_default=True,
+    help="Output folder.",
+)
 @click.option("--force", is_flag=True, help="Overwrite files that were edited by hand.")
-def gen(family, order, phi, method, dynamics, prediction, variable, schedule, variant, all_, check, out, force) -> None:
+def gen(
+    family, order, phi, method, dynamics, prediction, variable, schedule, variant, all_, check, out, force
+) -> None:
     """Derive and emit solver modules (prints the paths written)."""
     from derive.emit.render import render
     from derive.emit.variant import render_variant
@@ -115,7 +172,9 @@ def gen(family, order, phi, method, dynamics, prediction, variable, schedule, va
         diff = diff_modules(rendered, out, manifest_complete=all_)
         if diff:
             click.echo(diff, nl=False)
-            raise DriftError(f"{out} differs from what the derivation produces; run `derive gen --all` to update")
+            raise DriftError(
+                f"{out} differs from what the derivation produces; run `derive gen --all` to update"
+            )
         click.echo(f"{len(rendered)} module(s) in {out} match the derivation")
         return
     write_modules(rendered, out, force=force)
@@ -128,14 +187,18 @@ def given_options(ctx: click.Context, names) -> list[str]:
     from click.core import ParameterSource
 
     flags = {param.name: max(param.opts, key=len) for param in ctx.command.params}
-    return [flags[name] for name in names if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)]
+    return [
+        flags[name] for name in names if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+    ]
 
 
 def _reject_with_variant(ctx: click.Context, command: str, allowed: set[str]) -> None:
     """A variant fixes its whole spec: any other spec option given with --variant is a conflict."""
     given = given_options(ctx, [name for name in ctx.params if name not in allowed])
     if given:
-        raise SpecError(f"{command} --variant fixes the whole spec; it cannot be combined with {', '.join(given)}")
+        raise SpecError(
+            f"{command} --variant fixes the whole spec; it cannot be combined with {', '.join(given)}"
+        )
 
 
 @main.command(name="list")
@@ -166,7 +229,14 @@ def list_() -> None:
     for column in ("variant", "module", "order", "phi", "prediction", "sampler"):
         variants.add_column(column)
     for variant in variant_table().values():
-        variants.add_row(variant.key, variant.name, str(variant.order), variant.base_spec.phi_text, variant.form, variant.title)
+        variants.add_row(
+            variant.key,
+            variant.name,
+            str(variant.order),
+            variant.base_spec.phi_text,
+            variant.form,
+            variant.title,
+        )
     Console().print(variants)
 
 

@@ -7,9 +7,16 @@ import functools
 import mpmath
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gauss_legendre(n: int, dps: int = 40) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Nodes and weights of the n-point rule on [-1, 1], correctly rounded to float64.
+    """Nodes and weights of the n-point rule on [-1, 1], correctly rounded to float64."""
+    nodes, weights = gauss_legendre_mp(n, dps)
+    return tuple(float(x) for x in nodes), tuple(float(w) for w in weights)
+
+
+@functools.cache
+def gauss_legendre_mp(n: int, dps: int = 40) -> tuple[tuple[mpmath.mpf, ...], tuple[mpmath.mpf, ...]]:
+    """Nodes and weights of the n-point rule on [-1, 1] as mpmath numbers accurate to about ``dps`` digits.
 
     Roots of P_n by Newton's method from the Tricomi initial guesses, at ``dps`` digits.
     """
@@ -39,7 +46,7 @@ def gauss_legendre(n: int, dps: int = 40) -> tuple[tuple[float, ...], tuple[floa
                 nodes.append(-xk)
                 weights.append(wk)
         order = sorted(range(n), key=lambda j: nodes[j])
-        return tuple(float(nodes[j]) for j in order), tuple(float(weights[j]) for j in order)
+        return tuple(nodes[j] for j in order), tuple(weights[j] for j in order)
 
 
 def _legendre_and_derivative(n: int, x):

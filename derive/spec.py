@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import re
 
 from derive.errors import SpecError
@@ -70,21 +69,29 @@ class Spec:
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.phi):
             raise SpecError("phi must be one line of printable text (found a control character)")
         if self.variable not in VARIABLES:
-            raise SpecError(f"unknown expansion variable {self.variable!r}; choose one of: {', '.join(VARIABLES)}")
+            raise SpecError(
+                f"unknown expansion variable {self.variable!r}; choose one of: {', '.join(VARIABLES)}"
+            )
         if self.variable == "t":
             reason = _TIME_VARIABLE.get(
                 self.family,
                 f"is not implemented for family {self.family}: t(s), the inverse of its schedule, would enter every "
                 "weight integral; use --variable s or lambda",
             )
-            raise SpecError(f"--variable t {reason}" if reason.startswith("is ") else f"--variable t: {reason}")
+            raise SpecError(
+                f"--variable t {reason}" if reason.startswith("is ") else f"--variable t: {reason}"
+            )
         if self.dynamics is not None and self.dynamics not in DYNAMICS:
             raise SpecError(f"unknown dynamics {self.dynamics!r}; choose one of: {', '.join(DYNAMICS)}")
         if self.prediction is not None and self.prediction not in PREDICTIONS:
-            raise SpecError(f"unknown prediction {self.prediction!r}; choose one of: {', '.join(PREDICTIONS)}")
+            raise SpecError(
+                f"unknown prediction {self.prediction!r}; choose one of: {', '.join(PREDICTIONS)}"
+            )
         if self.family == "ersde":
             if self.dynamics is not None:
-                raise SpecError("family ersde takes its dynamics from --phi (ode, sde or an expression), not --dynamics")
+                raise SpecError(
+                    "family ersde takes its dynamics from --phi (ode, sde or an expression), not --dynamics"
+                )
             if self.schedule is not None:
                 raise SpecError("family ersde works in normalized coordinates and takes no --schedule")
             if self.prediction not in (None, "data", "noise"):
@@ -101,7 +108,9 @@ class Spec:
                 )
             names = [item.name for item in family.schedules]
             if self.schedule is not None and self.schedule not in names:
-                raise SpecError(f"family {self.family} has no schedule {self.schedule!r}; choose one of: {', '.join(names)}")
+                raise SpecError(
+                    f"family {self.family} has no schedule {self.schedule!r}; choose one of: {', '.join(names)}"
+                )
 
     # ---- resolved values ----------------------------------------------------------------------------------
     @property
@@ -190,9 +199,10 @@ class Spec:
 
     @property
     def digest(self) -> str:
-        """A short hash of the spec, stable across runs and Python hash seeds."""
-        payload = json.dumps(self.as_dict(), sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()[:16]
+        """A short hash of the spec and of everything else that shapes the generated text (derive.provenance)."""
+        from derive.provenance import digest
+
+        return digest(self.as_dict())
 
 
 def _family_catalogue() -> tuple[Spec, ...]:

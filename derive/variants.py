@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import hashlib
-import json
 
 import sympy as sp
 
@@ -161,8 +159,9 @@ class Variant:
     @property
     def digest(self) -> str:
         stages = [str(s.prediction_term) for s in (*self.stages, *self.correctors)]
-        payload = json.dumps({**self.as_dict(), "stages": stages}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        from derive.provenance import digest
+
+        return digest({**self.as_dict(), "stages": stages})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,7 +208,9 @@ _DIFFUSERS = "diffusers 0.42.1 scheduling_dpmsolver_multistep.py"
 _DPMPP_PAPER = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095)"
 _DPM_PAPER = "Lu et al. 2022, DPM-Solver (arXiv:2206.00927)"
 _DPM_CODE = "LuChengTHU/dpm-solver dpm_solver_pytorch.py multistep_dpm_solver_third_update"
-_ERSDE_PAPER = "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE (arXiv:2309.06169)"
+_ERSDE_PAPER = (
+    "Cui et al. 2023, Elucidating the solution space of extended reverse-time SDE (arXiv:2309.06169)"
+)
 
 
 # The DPM-Solver-type stages. Data form: x0 expanded in lambda (DPM-Solver++); noise form: eps expanded in lambda
@@ -267,7 +268,9 @@ def _dpm_variants() -> list[Variant]:
     out = []
     for key, title, dynamics, form, second, order, algorithm, source, claim in _DPM_TABLE:
         first, midpoint, heun, third = (
-            (_FIRST, _MIDPOINT, _HEUN, _THIRD) if form == "data" else (_N_FIRST, _N_MIDPOINT, _N_HEUN, _N_THIRD)
+            (_FIRST, _MIDPOINT, _HEUN, _THIRD)
+            if form == "data"
+            else (_N_FIRST, _N_MIDPOINT, _N_HEUN, _N_THIRD)
         )
         stages = (first, midpoint if second == "midpoint" else heun, third)[:order]
         config = f"algorithm_type={algorithm!r}, solver_order={order}, solver_type={second!r}"
@@ -286,7 +289,9 @@ def _first_order_variants() -> list[Variant]:
             "s",
             (Stage(1, _c0 * m0),),
             ("Song, Meng & Ermon 2021, DDIM (arXiv:2010.02502), eq. 12 with sigma_t = 0",),
-            Claim(1, "Song et al. 2021: the Euler step of the probability-flow ODE in (sigma/alpha, x/alpha)"),
+            Claim(
+                1, "Song et al. 2021: the Euler step of the probability-flow ODE in (sigma/alpha, x/alpha)"
+            ),
             Peer("DDIMScheduler", "eta=0"),
         ),
         Variant(
@@ -296,8 +301,13 @@ def _first_order_variants() -> list[Variant]:
             "data",
             "s",
             (Stage(1, _c0 * m0),),
-            ("Ho, Jain & Abbeel 2020, DDPM (arXiv:2006.11239), Algorithm 2 with the posterior q(x_t' | x_t, x0)",),
-            Claim(1, "no order stated by Ho et al.; 1: the Euler-Maruyama-type discretization it is (Song et al. 2021, score SDE)"),
+            (
+                "Ho, Jain & Abbeel 2020, DDPM (arXiv:2006.11239), Algorithm 2 with the posterior q(x_t' | x_t, x0)",
+            ),
+            Claim(
+                1,
+                "no order stated by Ho et al.; 1: the Euler-Maruyama-type discretization it is (Song et al. 2021, score SDE)",
+            ),
             Peer("DDPMScheduler", "variance_type='fixed_small'"),
         ),
     ]
@@ -358,7 +368,9 @@ def _ersde_variants() -> list[Variant]:
 
 
 _MRS_PAPER = "Li et al. 2025, MRS: a fast sampler for mean reverting diffusion (arXiv:2502.07856)"
-_MRS_CODE = "the authors' code, universal-image-restoration/utils/sampler.py (MRSampler.step_ode_*, step_sde_*)"
+_MRS_CODE = (
+    "the authors' code, universal-image-restoration/utils/sampler.py (MRSampler.step_ode_*, step_sde_*)"
+)
 
 
 def _mrs_variants() -> list[Variant]:
@@ -391,7 +403,9 @@ def _mrs_variants() -> list[Variant]:
 
 
 _UNIPC_PAPER = "Zhao et al. 2023, UniPC (arXiv:2302.04867)"
-_UNIPC_CODE = "diffusers 0.42.1 scheduling_unipc_multistep.py (multistep_uni_p_bh_update, multistep_uni_c_bh_update)"
+_UNIPC_CODE = (
+    "diffusers 0.42.1 scheduling_unipc_multistep.py (multistep_uni_p_bh_update, multistep_uni_c_bh_update)"
+)
 
 
 def unipc_phi(k: int, form: str = "data") -> sp.Expr:
@@ -455,7 +469,10 @@ def _unipc_variants() -> list[Variant]:
                         form,
                         "lambda",
                         tuple(_unipc_stage(j, solver_type, False, form) for j in range(1, p + 1)),
-                        (f"{_UNIPC_PAPER}, Algorithms 1-2 (UniP-p, UniC-p) with B(h) = {solver_type}", _UNIPC_CODE),
+                        (
+                            f"{_UNIPC_PAPER}, Algorithms 1-2 (UniP-p, UniC-p) with B(h) = {solver_type}",
+                            _UNIPC_CODE,
+                        ),
                         Claim(p + 1, f"{_UNIPC_PAPER}: UniC-p raises the order of UniP-p to p + 1"),
                         Peer(
                             "UniPCMultistepScheduler",
@@ -506,7 +523,7 @@ def _polynomial_outputs(degree: int) -> dict:
     return {outputs[j]: nodes[j] ** degree for j in range(3)}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_variant(key: str) -> tuple[str, ...]:
     """Symbolic checks of a variant's transcription; DerivationError on failure. Returns the statements checked.
 
@@ -526,7 +543,9 @@ def check_variant(key: str) -> tuple[str, ...]:
                     raise DerivationError(
                         f"variant {key}: estimate {estimate.symbol} is not exact on u^{degree}: residual {residual}"
                     )
-            checked.append(f"{estimate.symbol} = {estimate.scale} * d^{estimate.derivative}x/du^{estimate.derivative} on degree <= {estimate.exact_degree}")
+            checked.append(
+                f"{estimate.symbol} = {estimate.scale} * d^{estimate.derivative}x/du^{estimate.derivative} on degree <= {estimate.exact_degree}"
+            )
         weights = stage.output_weights()
         first = taylor_symbols(variant.form)[0]
         expected = first if variant.form == "data" else -first

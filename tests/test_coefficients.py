@@ -46,12 +46,18 @@ def test_taylor_weights_match_mpmath(name, sigma, t):
     sigma_next = sigma * (1 - t)
     if not 0 < sigma_next < sigma:
         return
-    values = module.taylor_weights(torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))
+    values = module.taylor_weights(
+        torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64)
+    )
     step = _step(name)
     for n, value in enumerate(values):
         exact = _mp_quad_weight(step, n, sigma, sigma_next, module.FORM, _variable(name))
         assert abs(float(value[0]) - exact) <= TOLERANCE * abs(exact), (n, sigma, sigma_next)
-    variance = float(module.noise_variance(torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64))[0])
+    variance = float(
+        module.noise_variance(
+            torch.tensor([sigma], dtype=torch.float64), torch.tensor([sigma_next], dtype=torch.float64)
+        )[0]
+    )
     exact = mp_noise_variance(step, sigma, sigma_next, module.FORM)
     if exact == 0:
         assert variance == 0
@@ -61,7 +67,11 @@ def test_taylor_weights_match_mpmath(name, sigma, t):
 
 @pytest.mark.parametrize("name", [n for n in NAMES if manifest()[n]["order"] >= 2])
 @settings(max_examples=10, deadline=None)
-@given(sigma=sigmas, t=st.floats(min_value=1e-6, max_value=0.95), ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=7, max_size=7))
+@given(
+    sigma=sigmas,
+    t=st.floats(min_value=1e-6, max_value=0.95),
+    ratios=st.lists(st.floats(min_value=0.05, max_value=20), min_size=7, max_size=7),
+)
 def test_combined_weights_match_mpmath(name, sigma, t, ratios):
     """Step weights w_j = sum_n c_n D_nj on non-uniform histories (step ratios 0.05-20) vs mpmath."""
     module = load_module(name)
@@ -84,7 +94,10 @@ def test_combined_weights_match_mpmath(name, sigma, t, ratios):
             offsets = [-mpmath.log(mpmath.mpf(history[-1 - j]) / mpmath.mpf(sigma)) for j in range(1, m)]
         else:
             offsets = [mpmath.mpf(history[-1 - j]) - mpmath.mpf(sigma) for j in range(1, m)]
-        c = [module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma - h, module.FORM, _variable(name)) for n in range(m)]
+        c = [
+            module.WEIGHT_SIGN * _mp_quad_weight(step, n, sigma, sigma - h, module.FORM, _variable(name))
+            for n in range(m)
+        ]
         return c, [
             mpmath.fsum(c[n] * sp.lambdify(offset_symbols(m), D[n][j], "mpmath")(*offsets) for n in range(m))
             for j in range(m)
@@ -102,7 +115,9 @@ def test_combined_weights_match_mpmath(name, sigma, t, ratios):
             assert abs(got[j] - exact[j]) <= 1e-12 * scale, (j, got[j], exact[j])
         # fewer outputs only where the longer history would amplify perturbations beyond the documented limit
         if used < k:
-            assert amplification(exact_weights(used + 1)[1]) > module.AMPLIFICATION_LIMIT[used + 1] * (1 - 1e-9)
+            assert amplification(exact_weights(used + 1)[1]) > module.AMPLIFICATION_LIMIT[used + 1] * (
+                1 - 1e-9
+            )
         if used > 1:
             assert amplification(exact) <= module.AMPLIFICATION_LIMIT[used] * (1 + 1e-9)
 
@@ -118,7 +133,9 @@ def test_zero_length_steps_are_finite(name):
     assert all(math.isfinite(v) for row in weights for v in row)
     assert final == [False] * 7 + [True]
     x = torch.randn(3, 4, dtype=torch.float64)
-    out = module.sample(lambda x, s: 0.5 * x / (1 + s[:, None] ** 2), x, sched, generator=torch.Generator().manual_seed(0))
+    out = module.sample(
+        lambda x, s: 0.5 * x / (1 + s[:, None] ** 2), x, sched, generator=torch.Generator().manual_seed(0)
+    )
     assert torch.isfinite(out).all()
 
 
@@ -165,7 +182,9 @@ def test_abrupt_step_growth_drops_history(name):
     """Three short steps then one 15 x longer: the full order-3 weights would amplify the stored outputs ~175-450
     times (noise, for an SDE); the guard falls back to fewer outputs and the sample stays bounded."""
     module = load_module(name)
-    sched = torch.tensor([54.598150033144236, 51.290215346585704, 48.182698291098816, 1.0], dtype=torch.float64)
+    sched = torch.tensor(
+        [54.598150033144236, 51.290215346585704, 48.182698291098816, 1.0], dtype=torch.float64
+    )
     _, _, weights, _ = module.coefficient_table(sched)
     assert [len(w) for w in weights[:2]] == [1, 2] and len(weights[2]) < 3
     w = weights[2]

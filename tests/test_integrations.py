@@ -14,6 +14,7 @@ import pathlib
 import re
 import sys
 import types
+import typing
 
 import numpy as np
 import pytest
@@ -22,13 +23,17 @@ import torch
 diffusers = pytest.importorskip("diffusers")  # a test dependency: nothing below is skipped when installed
 
 from diffusers import (
+    DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
+    DEISMultistepScheduler,
     DPMSolverMultistepScheduler,
+    EDMEulerScheduler,
     FlowMatchEulerDiscreteScheduler,
     UNet2DConditionModel,
     UNet2DModel,
+    UniPCMultistepScheduler,
 )
 from diffusers.schedulers.scheduling_utils import SchedulerOutput
 
@@ -222,11 +227,20 @@ def test_flow_custom_sigmas_as_flux():
 
 
 @pytest.mark.parametrize(
-    "name", ["ersde_order3_phi_sde", "ersde_order2", "vpsde_order3_sde", "edm_order2_ode"]
+    "name",
+    [
+        "ersde_order3_phi_sde",
+        "ersde_order2",
+        "vpsde_order3_sde",
+        "edm_order2_ode",
+        "variant_unipc_bh2_3",
+        "ersde_order2_pc",
+    ],
 )
 def test_scheduler_matches_module_sample(name):
-    """Multistep history, data and noise forms, SDE noise: the scheduler (VP coordinates, an eps model) equals
-    the module's own sample (normalized coordinates, a denoiser) with the same generator."""
+    """Multistep history, data and noise forms, SDE noise, correctors (UniPC, pc: applied on the next step call):
+    the scheduler (VP coordinates, an eps model) equals the module's own sample (normalized coordinates, a
+    denoiser) with the same generator."""
     ours = DeriveScheduler(module=name, use_karras_sigmas=True, **SD_BETAS)
     ours.set_timesteps(12)
     module = ours.module
@@ -504,19 +518,23 @@ def ve_denoiser(x, sigma):
 
 
 KARRAS = torch.tensor([14.6, 6.0, 2.5, 1.0, 0.4, 0.1, 0.0], dtype=torch.float64)
+#: k-diffusion's sampler signature, in its positional order
+KDIFFUSION_ORDER = [
+    "model",
+    "x",
+    "sigmas",
+    "extra_args",
+    "callback",
+    "disable",
+    "eta",
+    "s_noise",
+    "noise_sampler",
+]
 
 
 def test_wrap_sampler_signature_and_s_noise():
     sampler = wrap_sampler("ersde_order2_phi_sde", s_noise=1.0)
-    assert list(inspect.signature(sampler).parameters) == [
-        "model",
-        "x",
-        "sigmas",
-        "extra_args",
-        "callback",
-        "disable",
-        "noise_sampler",
-    ]
+    assert list(inspect.signature(sampler).parameters) == KDIFFUSION_ORDER
     x = start() * KARRAS[0]
     z = start(7)
     constant = lambda sigma, sigma_next: z
@@ -532,11 +550,18 @@ def test_wrap_sampler_signature_and_s_noise():
     assert rel(two - none, 2 * (one - none)) < 1e-12  # linear denoiser: the output is linear in s_noise
     module = load_module("ersde_order2_phi_sde")
     assert rel(one, module.sample(ve_denoiser, x, KARRAS, noise_sampler=constant)) < 1e-15
-    # the ODE module ignores s_noise
-    ode = [wrap_sampler("ersde_order2_phi_ode", s_noise=s)(ve_denoiser, x, KARRAS) for s in (0.0, 3.0)]
-    assert torch.equal(*ode)
-    with pytest.raises(ValueError, match="phi"):
+    # a call-time s_noise (ComfyUI's extra_options) replaces the wrapped one
+    sampler = wrap_sampler("ersde_order2_phi_sde", s_noise=1.0)
+    assert rel(sampler(ve_denoiser, x, KARRAS, s_noise=2.0, noise_sampler=constant), two) < 1e-15
+    # an ODE module injects no noise: s_noise other than 1 is refused, not ignored
+    with pytest.raises(ValueError, match="s_noise"):
+        wrap_sampler("ersde_order2_phi_ode", s_noise=3.0)
+    with pytest.raises(ValueError, match="s_noise"):
+        wrap_sampler("ersde_order2_phi_ode")(ve_denoiser, x, KARRAS, s_noise=0.0)
+    with pytest.raises(ValueError, match="eta"):
         wrap_sampler("ersde_order2_phi_ode", eta=1.0)
+    with pytest.raises(ValueError, match="eta"):
+        wrap_sampler("ersde_order2_phi_sde")(ve_denoiser, x, KARRAS, eta=0.5)
     wrap_sampler("ersde_order2_phi_sde", eta=1.0)
 
 
@@ -628,28 +653,12 @@ def test_docs_diffusers_snippets():
         exec(compile(block, "docs/diffusers.md", "exec"), namespace)  # noqa: S102
 
 
-def test_docs_comfyui_snippets(monkeypatch):
-    """The ComfyUI node runs against a stand-in comfy.samplers.KSAMPLER that records the sampler function."""
-
-    class KSAMPLER:
-        def __init__(self, sampler_function, extra_options=None, inpaint_options=None):
-            self.sampler_function = sampler_function
-
-    comfy = types.ModuleType("comfy")
-    comfy.samplers = types.ModuleType("comfy.samplers")
-    comfy.samplers.KSAMPLER = KSAMPLER
-    monkeypatch.setitem(sys.modules, "comfy", comfy)
-    monkeypatch.setitem(sys.modules, "comfy.samplers", comfy.samplers)
+def test_docs_comfyui_snippets():
+    blocks = python_blocks(ROOT / "docs" / "comfyui.md")
+    assert len(blocks) >= 1
     namespace = {}
-    for block in python_blocks(ROOT / "docs" / "comfyui.md"):
+    for block in blocks:
         exec(compile(block, "docs/comfyui.md", "exec"), namespace)  # noqa: S102
-    node = namespace["NODE_CLASS_MAPPINGS"]["DeriveSampler"]()
-    options = node.INPUT_TYPES()["required"]["module"][0]
-    assert all(load_module(name) for name in options)
-    (sampler,) = node.get_sampler("ersde_order3", 1.0, False)
-    x = start() * KARRAS[0]
-    result = sampler.sampler_function(namespace["denoiser"], x, KARRAS, extra_args={"seed": 1})
-    assert bool(torch.isfinite(result).all())
 
 
 def load_example(name):
@@ -674,3 +683,323 @@ def test_example_flow_sampling():
         if name == "exact":  # Gaussian data N(0.5, 0.3^2)
             assert abs(float(sample.mean()) - 0.5) < 0.02, dynamics
             assert abs(float(sample.std()) - 0.3) < 0.02, dynamics
+
+
+# ---- drop-in behaviour: configs of other schedulers, peers side by side ---------------------------------------
+
+F32 = 1e-5  # relative: diffusers' float32 tables and steps against ours in float64
+
+
+def peer_run(scheduler, x, steps, seed=None, scale=1.0):
+    scheduler.set_timesteps(steps)
+    options = {} if seed is None else {"generator": torch.Generator().manual_seed(seed)}
+    for t in scheduler.timesteps:
+        x = scheduler.step(scale * toy_model(x, t), t, x, **options).prev_sample
+    return x
+
+
+def test_multistep_config_runs_its_own_grid():
+    """A default DPMSolverMultistep config (in memory: every key at its default) runs 999 ... 100 at 10 steps."""
+    reference = DPMSolverMultistepScheduler()
+    ours = DeriveScheduler.from_config(reference.config)
+    assert ours.config.timestep_grid == "multistep" and ours.config.timestep_spacing == "linspace"
+    assert ours.config.module == "variant_dpmpp_2m"
+    for spacing in ("linspace", "leading", "trailing"):
+        for steps in (10, 25):
+            reference = DPMSolverMultistepScheduler(timestep_spacing=spacing, steps_offset=1)
+            ours = DeriveScheduler.from_config(reference.config)
+            reference.set_timesteps(steps)
+            ours.set_timesteps(steps)
+            assert torch.equal(reference.timesteps, ours.timesteps), (spacing, steps)
+    assert ours.timesteps[0] > 0
+    ddim = DeriveScheduler.from_config(DDIMScheduler(timestep_spacing="linspace").config)
+    ddim.set_timesteps(10)
+    assert ddim.config.timestep_grid == "ddim" and int(ddim.timesteps[-1]) == 0
+
+
+@pytest.mark.parametrize(
+    ("peer", "config", "module", "steps"),
+    [
+        (DPMSolverMultistepScheduler, {}, "variant_dpmpp_2m", 10),
+        (DPMSolverMultistepScheduler, {"solver_order": 3}, "variant_dpmpp_3m", 10),
+        (
+            DPMSolverMultistepScheduler,
+            {"solver_type": "heun", "use_karras_sigmas": True},
+            "variant_dpmpp_2m_heun",
+            12,
+        ),
+        (
+            DPMSolverMultistepScheduler,
+            {"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"},
+            "variant_dpm_2m",
+            10,
+        ),
+        (UniPCMultistepScheduler, {}, "variant_unipc_bh2_2", 10),
+        (UniPCMultistepScheduler, {"solver_order": 3}, "variant_unipc_bh2_3", 20),
+        (
+            UniPCMultistepScheduler,
+            {"solver_type": "bh1", "predict_x0": False, "final_sigmas_type": "sigma_min"},
+            "variant_unipc_bh1_2_noise",
+            10,
+        ),
+        (DEISMultistepScheduler, {"solver_order": 3}, "variant_deis_3", 12),
+    ],
+)
+def test_multistep_peers_from_their_configs(peer, config, module, steps):
+    """diffusers' multistep schedulers as shipped (float32), defaults included (lower_order_final; UniPC's
+    corrector), side by side with DeriveScheduler.from_config(their config)."""
+    reference = peer(**config)
+    ours = DeriveScheduler.from_config(reference.config)
+    assert ours.config.module == module
+    x = start()
+    result = peer_run(ours, x, steps)
+    assert torch.equal(ours.timesteps, peer_run_timesteps(reference, steps))
+    assert rel(result, peer_run(reference, x, steps)) < F32
+
+
+def peer_run_timesteps(scheduler, steps):
+    scheduler.set_timesteps(steps)
+    return scheduler.timesteps
+
+
+def test_unipc_corrector_is_applied():
+    """Without its corrector the UniPC variant is 0.1-2 % away from default UniPC; with it, float32 parity."""
+    reference = UniPCMultistepScheduler()
+    x = start()
+    expected = peer_run(reference, x, 10)
+    corrected = peer_run(DeriveScheduler.from_config(reference.config), x, 10)
+    predictor_only = peer_run(UniPCMultistepScheduler(disable_corrector=list(range(10))), x, 10)
+    assert rel(corrected, expected) < F32
+    assert rel(predictor_only, expected) > 1e-3
+    with pytest.raises(ValueError, match="disable_corrector"):
+        DeriveScheduler.from_config(UniPCMultistepScheduler(disable_corrector=[0]).config)
+
+
+def test_sde_dpmpp_noise_dtype():
+    """SDE-DPM-Solver++ draws float32 noise whatever the state's dtype: by default so does its module, and
+    float64 runs then follow the peer's trajectory with the same seed."""
+    reference = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
+    ours = DeriveScheduler.from_config(reference.config)
+    assert ours.config.module == "variant_sde_dpmpp_2m"
+    x = start()
+    expected = peer_run(reference, x, 10, seed=4)
+    assert rel(peer_run(ours, x, 10, seed=4), expected) < F32
+    float64_noise = DeriveScheduler.from_config(reference.config, noise_dtype="float64")
+    assert rel(peer_run(float64_noise, x, 10, seed=4), expected) > 1e-2
+    ddpm = DeriveScheduler(module="variant_ddpm")
+    assert ddpm._noise_dtype is None  # DDPM's convention: the model output's dtype
+
+
+def test_sd_ddim_config_set_alpha_to_one_false():
+    """Stable Diffusion's DDIM config (set_alpha_to_one=False, steps_offset=1): the last step goes to
+    alphas_cumprod[0], as DDIM."""
+    ddim = DDIMScheduler(clip_sample=False, set_alpha_to_one=False, steps_offset=1, **SD_BETAS)
+    ours = DeriveScheduler.from_config(ddim.config, module="variant_ddim")
+    assert ours.config.final_sigmas_type == "sigma_min"
+    ddim.set_timesteps(20)
+    ours.set_timesteps(20)
+    float64_tables(ddim, ours)
+    x = start()
+    assert rel(run(ours, x), run(ddim, x)) < PARITY
+    with_zero = DeriveScheduler.from_config(DDIMScheduler(**SD_BETAS).config, module="variant_ddim")
+    assert with_zero.config.final_sigmas_type == "zero" and with_zero.config.clip_sample  # DDIM's defaults
+
+
+def test_sigma_min_final_after_timestep_zero_is_the_identity():
+    """Leading spacing ends at timestep 0; sigma_min repeats it: a zero-length last step, the state unchanged
+    (the published variants refuse repeated sigmas in their own sample)."""
+    ours = DeriveScheduler(module="variant_dpmpp_2m", final_sigmas_type="sigma_min")
+    ours.set_timesteps(10)
+    assert int(ours.timesteps[-1]) == 0
+    x = start()
+    for t in ours.timesteps[:-1]:
+        x = ours.step(toy_model(x, t), t, x).prev_sample
+    t = ours.timesteps[-1]
+    assert torch.equal(ours.step(toy_model(x, t), t, x).prev_sample, x)
+
+
+def test_zero_snr_parity_with_ddim():
+    """rescale_betas_zero_snr: alpha = 0 at timestep 999, which trailing spacing visits; the first step starts
+    from pure noise (v prediction), as DDIM."""
+    config = dict(
+        SD_BETAS, rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"
+    )
+    ddim = DDIMScheduler(clip_sample=False, **config)
+    ours = DeriveScheduler.from_config(ddim.config, module="variant_ddim")
+    assert ours.config.rescale_betas_zero_snr and float(ours.alphas_cumprod[-1]) == 0.0
+    ddim.set_timesteps(10)  # 1000 / n an integer: DDIM steps to t - 1000 // n, the next trailing timestep
+    ours.set_timesteps(10)
+    assert ours.alpha_t[0] == 0.0 and int(ours.timesteps[0]) == 999
+    float64_tables(ddim, ours)
+    x = start()
+    assert rel(run(ours, x), run(ddim, x)) < PARITY
+    epsilon = DeriveScheduler(module="variant_ddim", **dict(config, prediction_type="epsilon"))
+    with pytest.raises(ValueError, match="zero SNR"):
+        epsilon.set_timesteps(12)
+
+
+def test_dynamic_thresholding_parity():
+    reference = DPMSolverMultistepScheduler(thresholding=True, sample_max_value=1.5, prediction_type="sample")
+    ours = DeriveScheduler.from_config(reference.config)
+    assert ours.config.thresholding and ours.config.sample_max_value == 1.5
+    x = start()
+    expected = peer_run(reference, x, 10, scale=3.0)
+    assert rel(peer_run(ours, x, 10, scale=3.0), expected) < F32
+    plain = DeriveScheduler.from_config(DPMSolverMultistepScheduler(prediction_type="sample").config)
+    assert rel(peer_run(plain, x, 10, scale=3.0), expected) > 1e-2  # thresholding acted
+
+
+def test_unreproducible_configs_are_refused():
+    cases = [
+        (DPMSolverMultistepScheduler(use_lu_lambdas=True), "use_lu_lambdas"),
+        (
+            DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver", final_sigmas_type="sigma_min"),
+            "no generated",
+        ),
+        (
+            DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=3),
+            "no generated module",
+        ),
+        (DPMSolverMultistepScheduler(lambda_min_clipped=-5.1), "lambda_min_clipped"),
+        (DDPMScheduler(variance_type="fixed_large"), "variance_type"),
+        (EDMEulerScheduler(), "EDM"),
+    ]
+    for scheduler, message in cases:
+        with pytest.raises(ValueError, match=message):
+            DeriveScheduler.from_config(scheduler.config)
+    # an explicit module replaces the solver keys
+    chosen = DeriveScheduler.from_config(
+        DPMSolverMultistepScheduler(solver_order=3).config, module="ersde_order2"
+    )
+    assert chosen.config.module == "ersde_order2"
+    with pytest.raises(ValueError, match="lower_order_final"):
+        DeriveScheduler(lower_order_final="sometimes")
+
+
+def test_ddim_pipeline_and_eta():
+    """DDIMPipeline passes eta and use_clipped_model_output to step(). Its constructor converts any scheduler
+    to a DDIMScheduler (diffusers' behaviour), so the scheduler is assigned afterwards."""
+    unet = tiny_unet()
+    assert type(DDIMPipeline(unet=unet, scheduler=DeriveScheduler()).scheduler) is DDIMScheduler
+    pipe = DDIMPipeline(unet=unet, scheduler=DDIMScheduler(clip_sample=False))
+    pipe.set_progress_bar_config(disable=True)
+
+    def images(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return pipe(num_inference_steps=10, generator=generator, output_type="np", **kwargs).images
+
+    expected = images()
+    pipe.scheduler = DeriveScheduler.from_config(pipe.scheduler.config, module="variant_ddim")
+    assert np.abs(images() - expected).max() < 1e-5
+    assert np.isfinite(images(eta=0.0)).all()
+    with pytest.raises(ValueError, match="eta"):
+        images(eta=0.5)
+    pipe.scheduler = DeriveScheduler.from_config(pipe.scheduler.config, module="variant_ddpm")
+    assert np.isfinite(images(eta=1.0)).all()  # DDIM's eta = 1 is DDPM's posterior step
+    with pytest.raises(ValueError, match="eta"):
+        images(eta=0.0)
+    clipped = DeriveScheduler(module="variant_ddim", clip_sample=True)
+    clipped.set_timesteps(5)
+    x = start()
+    t = clipped.timesteps[0]
+    clipped.step(toy_model(x, t), t, x, use_clipped_model_output=None)
+    with pytest.raises(ValueError, match="use_clipped_model_output"):
+        clipped.step(toy_model(x, t), clipped.timesteps[1], x, use_clipped_model_output=False)
+    with pytest.raises(TypeError, match="unexpected"):
+        clipped.step(toy_model(x, t), clipped.timesteps[1], x, churn=0.5)
+
+
+# ---- generated sample(): k-diffusion's signature ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ersde_order2_phi_sde", "variant_sde_dpmpp_2m", "ersde_order2_pc"])
+def test_generated_sample_takes_kdiffusion_arguments(name):
+    module = load_module(name)
+    assert list(inspect.signature(module.sample).parameters)[:9] == KDIFFUSION_ORDER
+    x = start() * KARRAS[0]
+    z = start(7)
+
+    def constant(sigma, sigma_next):
+        return z
+
+    keyword = module.sample(ve_denoiser, x, KARRAS, extra_args={}, disable=True, noise_sampler=constant)
+    positional = module.sample(ve_denoiser, x, KARRAS, {}, None, True, None, 1.0, constant)
+    assert torch.equal(keyword, positional)
+    none, two = (module.sample(ve_denoiser, x, KARRAS, s_noise=s, noise_sampler=constant) for s in (0.0, 2.0))
+    assert rel(two - none, 2 * (keyword - none)) < 1e-12  # s_noise scales the injected noise (linear model)
+    with pytest.raises(ValueError, match="eta"):
+        module.sample(ve_denoiser, x, KARRAS, eta=0.0)
+
+
+def test_generated_sample_refuses_meaningless_noise_options():
+    module = load_module("ersde_order2_phi_ode")
+    x = start() * KARRAS[0]
+    assert torch.equal(module.sample(ve_denoiser, x, KARRAS, eta=0.0), module.sample(ve_denoiser, x, KARRAS))
+    with pytest.raises(ValueError, match="s_noise"):
+        module.sample(ve_denoiser, x, KARRAS, s_noise=0.5)
+    with pytest.raises(ValueError, match="eta"):
+        module.sample(ve_denoiser, x, KARRAS, eta=1.0)
+    with pytest.raises(ValueError, match="eta"):
+        load_module("ersde_order2").sample(ve_denoiser, x, KARRAS, eta=1.0)  # phi = s (e^{s^0.3} + 10)
+
+
+class CountingBar:
+    """A stand-in for tqdm.auto.tqdm that records its updates."""
+
+    made: typing.ClassVar[list] = []
+
+    def __init__(self, total=None):
+        self.total, self.count, self.closed = total, 0, False
+        CountingBar.made.append(self)
+
+    def update(self, n=1):
+        self.count += n
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("name", ["ersde_order3_phi_ode", "variant_unipc_bh2_2", "flow"])
+def test_progress_bar(name, monkeypatch):
+    """disable=False shows one tqdm update per step; None or True shows none; without tqdm, none (silently)."""
+    fake = types.ModuleType("tqdm.auto")
+    fake.tqdm = CountingBar
+    monkeypatch.setitem(sys.modules, "tqdm.auto", fake)
+    x = start() * KARRAS[0]
+    if name == "flow":
+        times = torch.tensor([1.0, 0.7, 0.4, 0.1, 0.0], dtype=torch.float64)
+        sampler, sigmas = wrap_sampler("flow_order2_ode", flow=True), times
+    else:
+        sampler, sigmas = load_module(name).sample, KARRAS
+    CountingBar.made.clear()
+    sampler(ve_denoiser, x, sigmas, disable=False)
+    (bar,) = CountingBar.made
+    assert bar.total == bar.count == len(sigmas) - 1 and bar.closed
+    sampler(ve_denoiser, x, sigmas, disable=True)
+    sampler(ve_denoiser, x, sigmas)
+    assert len(CountingBar.made) == 1
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # not installed: import fails
+    assert bool(torch.isfinite(sampler(ve_denoiser, x, sigmas, disable=False)).all())
+
+
+@pytest.mark.parametrize("name", ["ersde_order2_phi_ode_pc", "variant_unipc_bh2_3"])
+def test_wrap_sampler_flow_with_a_corrector(name):
+    """flow=True with a corrector module (a schedule below t = 1): equals the module's own sample() in
+    normalized coordinates y = x / (1 - t), s = t / (1 - t); a start at t = 1 is refused, naming the reason."""
+    module = load_module(name)
+    times = torch.tensor([0.9, 0.7, 0.5, 0.3, 0.15, 0.05, 0.0], dtype=torch.float64)
+    x = start()
+
+    def denoiser(state, t):
+        return state / (1 + t.reshape(-1, 1, 1, 1)) + 0.05 * torch.tanh(state)
+
+    s = times / (1 - times)
+
+    def normalized(y, s_batch):
+        t = s_batch / (1 + s_batch)
+        return denoiser(y * (1 - t.reshape(-1, 1, 1, 1)), t)
+
+    expected = module.sample(normalized, x / (1 - times[0]), s)
+    assert rel(wrap_sampler(module, flow=True)(denoiser, x, times), expected) < 1e-12
+    with pytest.raises(ValueError, match="pure noise"):
+        wrap_sampler(module, flow=True)(denoiser, x, torch.cat([times.new_ones(1), times]))

@@ -336,14 +336,15 @@ def test_method_orders_in_mpmath(order, corrector):
     assert abs(fit.order - (order + corrector)) <= 0.2, str(fit)
 
 
-def test_integrations_refuse_predictor_corrector_modules():
-    """The integrations run per-step tables, which cannot express the corrector: a pc module is refused with
-    a message that says so, rather than silently run as its order-K predictor."""
+def test_integrations_run_predictor_corrector_modules():
+    """The integrations apply a pc module's corrector once the next model output is known (as diffusers'
+    UniPC does); tests/test_integrations.py checks the scheduler and flow paths against the module's own
+    sample()."""
+    from derive.integrations import correction_table, has_corrector
     from derive.integrations import load_module as load_integration_module
-    from derive.integrations.kdiffusion import wrap_sampler
 
-    with pytest.raises(ValueError, match="predictor-corrector"):
-        load_integration_module("ersde_order2_phi_ode_pc")
-    with pytest.raises(ValueError, match="predictor-corrector"):
-        wrap_sampler("ersde_order2_phi_ode_pc")
-    assert load_integration_module("ersde_order2_phi_ode_adams").METHOD == "adams"
+    module = load_integration_module("ersde_order2_phi_ode_pc")
+    assert has_corrector(module)
+    rows = correction_table(module, [1.0] * 5, [4.0, 2.0, 1.0, 0.5, 0.0])
+    assert rows[0] is not None and rows[-1] is None and rows[-2] is None  # none on or before a final step
+    assert not has_corrector(load_integration_module("ersde_order2_phi_ode_adams"))

@@ -29,6 +29,8 @@ def test_readme_examples_run(monkeypatch):
 
 def test_ci_runs_the_readme_test_command_verbatim():
     readme = (ROOT / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line)
+    command = next(
+        line for line in readme.splitlines() if line.startswith("python3 -m venv") and "pytest" in line
+    )
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert command in ci_lines

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import torch
 
-from derive.emit import write as write_mod
-from derive.emit.write import MANIFEST, module_path, read_manifest, write_modules
+from derive import files as write_mod
+from derive.emit.write import MANIFEST, content_hash, module_path, read_manifest, write_modules
 from derive.errors import HandEditedError
 from derive.spec import Spec
 from derive.verify.problems import GaussianData, append_zero, karras_sigmas, log_uniform_sigmas
@@ -338,7 +338,7 @@ def test_interrupted_manifest_write_does_not_block_the_next_run(tmp_path, monkey
         pytest.fail(f"re-running after an interrupted write refuses: {exc}")
     for spec, text in NEW.items():
         assert module_path(out, spec).read_text() == text
-        assert read_manifest(out)[spec.name]["sha256"] == write_mod.content_hash(text)
+        assert read_manifest(out)[spec.name]["sha256"] == content_hash(text)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -674,12 +674,18 @@ def test_check_finite_reports_step_and_sigma(module, bad):
 
     with pytest.raises(ValueError, match=r"NaN or Inf at step 3 \(sigma = ") as info:
         module.sample(
-            model, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0), check_finite=True
+            model,
+            start_state(6, smax=80.0),
+            sigmas,
+            generator=torch.Generator().manual_seed(0),
+            check_finite=True,
         )
     assert f"{float(sigmas[3]):.6g}" in str(info.value)
     assert len(calls) == 4
     # a finite run is unchanged by the check
-    a = module.sample(model_in_dtype, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0))
+    a = module.sample(
+        model_in_dtype, start_state(6, smax=80.0), sigmas, generator=torch.Generator().manual_seed(0)
+    )
     b = module.sample(
         model_in_dtype,
         start_state(6, smax=80.0),

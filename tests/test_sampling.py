@@ -213,7 +213,13 @@ def test_ode_convergence_order_on_gaussian_exact_flow(name, record_property):
         return GAUSS.exact_flow(y0, smax, float(log_uniform_sigmas(n, smin, smax)[j]))
 
     method_fit, as_used_fit = _convergence_errors(
-        module, exact_state, GAUSS.denoiser_np, y0, smax, smin, PC_STEPS if module.METHOD == "pc" else CONV_STEPS[1:]
+        module,
+        exact_state,
+        GAUSS.denoiser_np,
+        y0,
+        smax,
+        smin,
+        PC_STEPS if module.METHOD == "pc" else CONV_STEPS[1:],
     )
     _check_orders(module, method_fit, as_used_fit, record_property)
 
@@ -451,7 +457,9 @@ def _low_precision_error(module, dtype, steps):
 
     sigmas = torch.from_numpy(append_zero(karras_sigmas(steps, 0.03, 80.0)))
     gen = torch.Generator().manual_seed(0)
-    x64 = torch.from_numpy(data.sample_np(256, 1)) + 80 * torch.randn(256, 4, generator=gen, dtype=torch.float64)
+    x64 = torch.from_numpy(data.sample_np(256, 1)) + 80 * torch.randn(
+        256, 4, generator=gen, dtype=torch.float64
+    )
     noises = [torch.randn(256, 4, generator=gen, dtype=torch.float64) for _ in range(len(sigmas))]
 
     def run(dt):

@@ -36,7 +36,9 @@ def _form(name):
 
 
 # first-order Taylor modules (a pc module of order 1 corrects every step: DDIM is only its predictor)
-ODE_ORDER1 = sorted(n for n, e in MANIFEST.items() if e["phi"] == "s" and e["order"] == 1 and e["method"] != "pc")
+ODE_ORDER1 = sorted(
+    n for n, e in MANIFEST.items() if e["phi"] == "s" and e["order"] == 1 and e["method"] != "pc"
+)
 # DDPM is the *data-prediction* first-order solver of the reverse SDE. The noise-prediction form
 # (eps held constant over the step) is a different first-order scheme: y' = y - 2(s - s') eps +
 # sqrt(s^2 - s'^2) z instead of DDPM's y' = r y + (1 - r) x0 + sqrt(s'^2 (1 - r)) z, r = s'^2/s^2.

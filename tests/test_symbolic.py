@@ -57,7 +57,9 @@ def test_weights_agree_with_independent_quadrature(text):
         with mpmath.workdps(40):
             # the definition, integrated directly in s with mpmath's adaptive Gauss-Legendre
             f = sp.lambdify(s, sp.diff(phi, s) / phi**2 * (s - a) ** n / sp.factorial(n), "mpmath")
-            definition = sp.lambdify(s, phi, "mpmath")(mpmath.mpf(b)) * mpmath.quad(f, [b, a], method="gauss-legendre")
+            definition = sp.lambdify(s, phi, "mpmath")(mpmath.mpf(b)) * mpmath.quad(
+                f, [b, a], method="gauss-legendre"
+            )
             assert abs(_mp_quad_weight(step, n, a, b) - definition) < 1e-28 * abs(definition)
             if closed is not None:
                 value = sp.N(closed.subs({sigma: sp.Rational(3, 2), sigma_next: sp.Rational(5, 8)}), 40)

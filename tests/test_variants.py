@@ -45,7 +45,9 @@ MEAN = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
 VAR = torch.tensor([0.04, 1.0, 0.3, 2.0], dtype=torch.float64)
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' DEIS calls np.log on tensors
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning"
+)  # diffusers' DEIS calls np.log on tensors
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -162,12 +164,16 @@ def test_float32_cast_is_the_only_difference_from_diffusers_as_shipped():
     """Without the float64 ``torch`` the shipped step rounds the state to float32 (~1e-7 relative), no more."""
     from diffusers import DPMSolverMultistepScheduler
 
-    scheduler = DPMSolverMultistepScheduler(solver_order=3, lower_order_final=False, final_sigmas_type="sigma_min")
+    scheduler = DPMSolverMultistepScheduler(
+        solver_order=3, lower_order_final=False, final_sigmas_type="sigma_min"
+    )
     scheduler.set_timesteps(12)
     sigmas = scheduler.sigmas.to(torch.float64)
     scheduler.sigmas = sigmas.clone()
     x_T = start()
-    assert 1e-10 < rel(run_variant("dpmpp_3m", sigmas, x_T), run_multistep_peer(scheduler, sigmas, x_T)) < 1e-5
+    assert (
+        1e-10 < rel(run_variant("dpmpp_3m", sigmas, x_T), run_multistep_peer(scheduler, sigmas, x_T)) < 1e-5
+    )
 
 
 @pytest.mark.parametrize("order", [1, 2, 3])
@@ -211,7 +217,11 @@ def test_unipc_parity(order, solver_type, form):
 def test_unipc_structure_stated_in_the_claims_page():
     """UniC-p (p >= 2) does not depend on B(h); UniP-3 is the derived order-3 update; UniC-1 does."""
     sigmas = torch.tensor([4.0, 2.5, 1.2, 0.5, 0.2], dtype=torch.float64)
-    tables = {(t, p): load_module(f"variant_unipc_{t}_{p}")._tables(sigmas) for t in ("bh1", "bh2") for p in (1, 2, 3)}
+    tables = {
+        (t, p): load_module(f"variant_unipc_{t}_{p}")._tables(sigmas)
+        for t in ("bh1", "bh2")
+        for p in (1, 2, 3)
+    }
     for p in (2, 3):
         assert tables["bh1", p][4][-1] == pytest.approx(tables["bh2", p][4][-1], rel=1e-12)
     assert tables["bh1", 1][4][-1] != pytest.approx(tables["bh2", 1][4][-1], rel=1e-3)
@@ -238,7 +248,9 @@ def _run_discrete(scheduler, x_T, generator=None):
     x = x_T * math.sqrt(float(acp[scheduler.timesteps[0]]))
     for t in scheduler.timesteps:
         a = float(acp[t])
-        x = scheduler.step(eps_model(x, math.sqrt(a), math.sqrt(1 - a)), t, x, generator=generator).prev_sample
+        x = scheduler.step(
+            eps_model(x, math.sqrt(a), math.sqrt(1 - a)), t, x, generator=generator
+        ).prev_sample
     return x, torch.tensor([*s, 0.0], dtype=torch.float64)
 
 
@@ -327,7 +339,10 @@ def test_ersde_solver_final_step_returns_the_prediction():
     sigmas = torch.tensor([5.0, 1.0, 0.2, 0.0], dtype=torch.float64)
     y_T = start() * 5.0
     zs = noises(3)
-    assert rel(run_variant("ersde_solver_3", sigmas, y_T, zs), ersde_solver_reference(3, sigmas, y_T, zs)) < PARITY
+    assert (
+        rel(run_variant("ersde_solver_3", sigmas, y_T, zs), ersde_solver_reference(3, sigmas, y_T, zs))
+        < PARITY
+    )
 
 
 # ---- the catalogue, the transcription checks, the CLI ------------------------------------------------------
@@ -363,7 +378,9 @@ def test_variant_modules_refuse_repeated_sigmas_and_sample_with_a_generator():
     with pytest.raises(ValueError, match="strictly decreasing"):
         module.coefficient_table(torch.tensor([2.0, 1.0, 1.0, 0.5], dtype=torch.float64))
     sigmas = torch.tensor([2.0, 1.0, 0.5, 0.0], dtype=torch.float64)
-    a, b = (module.sample(denoiser, start(), sigmas, generator=torch.Generator().manual_seed(5)) for _ in range(2))
+    a, b = (
+        module.sample(denoiser, start(), sigmas, generator=torch.Generator().manual_seed(5)) for _ in range(2)
+    )
     assert torch.equal(a, b) and torch.isfinite(a).all()
 
 
@@ -398,7 +415,9 @@ def test_cli_verify_variant_rejects_bad_input():
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize(("name", "low", "high"), [("dpmpp_3m", 1.8, 2.3), ("ersde_solver_3", 1.7, 2.3), ("deis_3", 2.8, 3.3)])
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("dpmpp_3m", 1.8, 2.3), ("ersde_solver_3", 1.7, 2.3), ("deis_3", 2.8, 3.3)]
+)
 def test_measured_method_orders(name, low, high):
     """The facts in docs/claims.md: the published 3M and ER-SDE-Solver-3 updates have order 2, DEIS-3 order 3."""
     from derive.verify import harness
@@ -464,7 +483,12 @@ def mrs_reference(dynamics, form, order, alphas, sigmas, x, zs):
         elif form == "data":
             phi1 = -math.expm1(-2 * h)
             phi2 = 1 - phi1 / 2 / h
-            x = s_t / s_s * math.exp(-h) * x + a_t * phi1 * buffer[0] + a_t * phi2 * d1 + s_t * math.sqrt(phi1) * zs[i]
+            x = (
+                s_t / s_s * math.exp(-h) * x
+                + a_t * phi1 * buffer[0]
+                + a_t * phi2 * d1
+                + s_t * math.sqrt(phi1) * zs[i]
+            )
             x = x + MU * (1 - a_t / a_s * math.exp(-2 * h) - a_t * phi1)
         else:
             phi1 = math.expm1(h)
@@ -474,7 +498,12 @@ def mrs_reference(dynamics, form, order, alphas, sigmas, x, zs):
     return x
 
 
-MRS_CASES = [(d, f, k) for d, orders in (("ode", (1, 2, 3)), ("sde", (1, 2))) for f in ("data", "noise") for k in orders]
+MRS_CASES = [
+    (d, f, k)
+    for d, orders in (("ode", (1, 2, 3)), ("sde", (1, 2)))
+    for f in ("data", "noise")
+    for k in orders
+]
 
 
 @pytest.mark.parametrize(("dynamics", "form", "order"), MRS_CASES)
@@ -505,7 +534,9 @@ def test_claims_script_writes_the_table_block_and_the_plot(tmp_path):
     doc = tmp_path / "claims.md"
     doc.write_text(f"intro\n{claims.BEGIN}\nold\n{claims.END}\noutro\n")
     plot = tmp_path / "claims.png"
-    result = CliRunner().invoke(claims.main, ["--coarse", "--variant", "ddim", "--doc", str(doc), "--plot", str(plot)])
+    result = CliRunner().invoke(
+        claims.main, ["--coarse", "--variant", "ddim", "--doc", str(doc), "--plot", str(plot)]
+    )
     assert result.exit_code == 0, result.output
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text

@@ -151,7 +151,9 @@ def make_routine(
     unknown = sorted(str(v) for v in free - set(args))
     if unknown:
         raise ValueError(f"routine {name}: expressions use symbols that are not arguments: {unknown}")
-    temporaries, reduced = sp.cse(exprs, symbols=sp.numbered_symbols(prefix), optimizations="basic", order="canonical")
+    temporaries, reduced = sp.cse(
+        exprs, symbols=sp.numbered_symbols(prefix), optimizations="basic", order="canonical"
+    )
     return Routine(
         name=name,
         args=tuple(str(a) for a in args),

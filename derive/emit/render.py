@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import json
-import pathlib
 import shlex
 import shutil
 import subprocess
+import textwrap
 
 import jinja2
 import sympy as sp
@@ -18,14 +18,26 @@ from derive.coefficients import (
     CoefficientPlan,
     Quantity,
     _mp_quad_weight,
+    evaluation_notes,
     plan_coefficients,
 )
 from derive.emit.printer import Polyval, Routine, make_routine
 from derive.errors import AdmissibilityError
+from derive.provenance import template_dir
 from derive.quadrature import gauss_legendre
 from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
-from derive.symbolic.ersde import ERSDEStep, derive_step, expansion_factor, h, node_offset, s, sigma, sigma_next, v
+from derive.symbolic.ersde import (
+    ERSDEStep,
+    derive_step,
+    expansion_factor,
+    h,
+    node_offset,
+    s,
+    sigma,
+    sigma_next,
+    v,
+)
 from derive.symbolic.expression import parse_expression
 from derive.symbolic.families import (
     FAMILIES,
@@ -55,7 +67,6 @@ from derive.symbolic.interpolation import (
 
 output_symbol = sp.Symbol("output", real=True)
 
-TEMPLATE_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "templates"
 LINE_LENGTH = 110
 
 
@@ -72,15 +83,6 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def template_dir() -> pathlib.Path:
-    """templates/ of a source checkout, or the copy installed as package data."""
-    if TEMPLATE_DIR.is_dir():
-        return TEMPLATE_DIR
-    from importlib import resources
-
-    return pathlib.Path(str(resources.files("derive._templates")))
-
-
 #: CPU-time bound (seconds) on one derivation, independent of machine load; a phi that SymPy cannot
 #: handle in this time is refused
 DERIVATION_TIME_LIMIT = 40.0
@@ -90,7 +92,7 @@ class _DerivationTimeout(Exception):
     pass
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     """Parse and admit phi, derive the step, run every check, plan the float64 evaluation.
 
@@ -128,9 +130,13 @@ def _derive_spec(spec: Spec) -> tuple[ERSDEStep, CoefficientPlan]:
     step = derive_step(phi)
     generic_checks()
     # the corrector integrates one degree more: it needs c_0 .. c_K
-    plan = plan_coefficients(step, spec.order + (spec.method == "pc"), spec.form, spec.variable, direct=spec.method == "adams")
+    plan = plan_coefficients(
+        step, spec.order + (spec.method == "pc"), spec.form, spec.variable, direct=spec.method == "adams"
+    )
     closed = {
-        int(q.name[1:]): q.closed for q in plan.weights if q.closed is not None and spec.form == "data" and spec.variable == "s"
+        int(q.name[1:]): q.closed
+        for q in plan.weights
+        if q.closed is not None and spec.form == "data" and spec.variable == "s"
     }
     step_checks(step, closed, lambda n, a, b: _mp_quad_weight(step, n, a, b))
     for k in range(1, spec.order + 1):
@@ -152,7 +158,13 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
     if q.kind == "closed" and q.closed == 0:
         return [], "torch.zeros_like(sigma)"
     if q.kind == "closed":
-        closed = make_routine(f"_{q.name}_closed", [sigma, sigma_next], [q.closed], f"{q.label} in closed form.", tensor_like="sigma")
+        closed = make_routine(
+            f"_{q.name}_closed",
+            [sigma, sigma_next],
+            [q.closed],
+            f"{q.label} in closed form.",
+            tensor_like="sigma",
+        )
         if not q.series:
             return [closed], f"{closed.name}(sigma, sigma_next)"
         series = make_routine(
@@ -164,10 +176,18 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
         )
         return [closed, series], f"_switch(sigma, sigma_next, {q.threshold!r}, {closed.name}, {series.name})"
     integrand = make_routine(
-        f"_{q.name}_integrand", [sigma, v], [q.integrand], f"Integrand of {q.label} in v = log(s / sigma).", tensor_like="v"
+        f"_{q.name}_integrand",
+        [sigma, v],
+        [q.integrand],
+        f"Integrand of {q.label} in v = log(s / sigma).",
+        tensor_like="v",
     )
     prefactor = make_routine(
-        f"_{q.name}_prefactor", [sigma, sigma_next], [q.prefactor], f"Factor in front of the integral of {q.label}.", tensor_like="sigma"
+        f"_{q.name}_prefactor",
+        [sigma, sigma_next],
+        [q.prefactor],
+        f"Factor in front of the integral of {q.label}.",
+        tensor_like="sigma",
     )
     return [integrand, prefactor], f"_quadrature({integrand.name}, {prefactor.name}, sigma, sigma_next)"
 
@@ -175,9 +195,21 @@ def _quantity_routines(q: Quantity) -> tuple[list[Routine], str]:
 def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
     routines: list[Routine] = [
         make_routine("noise_scale_fn", [s], [step.phi], "phi(s), the noise-scale function.", tensor_like="s"),
-        make_routine("_ratio", [sigma, sigma_next], [step.ratio], "r = phi(sigma_next) / phi(sigma).", tensor_like="sigma")
+        make_routine(
+            "_ratio",
+            [sigma, sigma_next],
+            [step.ratio],
+            "r = phi(sigma_next) / phi(sigma).",
+            tensor_like="sigma",
+        )
         if spec.form == "data"
-        else make_routine("_ratio", [sigma, sigma_next], [sp.Integer(1)], "1: the noise form has no linear term in y.", tensor_like="sigma"),
+        else make_routine(
+            "_ratio",
+            [sigma, sigma_next],
+            [sp.Integer(1)],
+            "1: the noise form has no linear term in y.",
+            tensor_like="sigma",
+        ),
     ]
     weight_calls = []
     for q in plan.weights:
@@ -221,9 +253,27 @@ def _adams_routines(spec: Spec, step: ERSDEStep) -> tuple[list[Routine], list[tu
 
     q = weight_quantity(step, 0, spec.form, closed=False, variable=spec.variable)
     routines = [
-        make_routine("_adams_density", [sigma, v], [q.integrand], "The weight density in v = log(s / sigma) (ds = s dv included).", tensor_like="v"),
-        make_routine("_adams_prefactor", [sigma, sigma_next], [q.prefactor], "Factor in front of the weight integrals.", tensor_like="sigma"),
-        make_routine("_expansion_offset", [sigma, v], [expansion_factor(1, spec.variable)], "u(s) - u_i at s = sigma e^v.", tensor_like="v"),
+        make_routine(
+            "_adams_density",
+            [sigma, v],
+            [q.integrand],
+            "The weight density in v = log(s / sigma) (ds = s dv included).",
+            tensor_like="v",
+        ),
+        make_routine(
+            "_adams_prefactor",
+            [sigma, sigma_next],
+            [q.prefactor],
+            "Factor in front of the weight integrals.",
+            tensor_like="sigma",
+        ),
+        make_routine(
+            "_expansion_offset",
+            [sigma, v],
+            [expansion_factor(1, spec.variable)],
+            "u(s) - u_i at s = sigma e^v.",
+            tensor_like="v",
+        ),
     ]
     names = []
     for k in range(1, spec.order + 1):
@@ -266,25 +316,14 @@ def _corrector_routines(spec: Spec) -> tuple[list[Routine], list[tuple[int, str]
     return routines, names
 
 
-def _evaluation_notes(plan: CoefficientPlan) -> list[str]:
-    notes = []
-    for q in plan.quantities:
-        if q.kind == "closed" and q.closed == 0:
-            notes.append(f"{q.label} = 0.")
-        elif q.kind == "closed" and q.series:
-            notes.append(
-                f"{q.label}: closed form for h/sigma >= {q.threshold:.3g} (max rel. error {q.closed_error:.1e}), "
-                f"below it a {len(q.series)}-term series (rel. error {q.series_error:.1e} at the switch)."
-            )
-        elif q.kind == "closed":
-            notes.append(f"{q.label}: closed form (max rel. error {q.closed_error:.1e}).")
-        else:
-            reason = "no closed form" if q.closed is None else "the closed form cancels for short steps"
-            notes.append(f"{q.label}: {plan.quadrature_nodes}-point Gauss-Legendre in log s ({reason}).")
-    if plan.uses_quadrature:
-        notes.append(f"Quadrature: max rel. error {plan.quadrature_error:.1e} over sigma in [1e-4, 1e4] and step")
-        notes.append("ratios sigma_next/sigma in [1e-4, 1 - 1e-9]; the integrands are smooth and one-signed in log s.")
-    return notes
+def _wrapped(lines: list[str], width: int = 106) -> list[str]:
+    """Docstring lines: each note wrapped, continuation lines indented by two spaces."""
+    out = []
+    for line in lines:
+        out.extend(
+            textwrap.wrap(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+        )
+    return out
 
 
 def step_text(expr: sp.Expr) -> str:
@@ -292,14 +331,16 @@ def step_text(expr: sp.Expr) -> str:
     return sp.sstr(expr).replace("sigma_next", "s_{i+1}").replace("sigma", "s_i")
 
 
-def shared_context(spec_dict: dict, digest: str, plan: CoefficientPlan, routines, weight_calls, variance_call) -> dict:
+def shared_context(
+    spec_dict: dict, digest: str, plan: CoefficientPlan, routines, weight_calls, variance_call
+) -> dict:
     """Template values every generated module has: its spec, the printed routines and the evaluation plan."""
     xs, ws = gauss_legendre(plan.quadrature_nodes) if plan.uses_quadrature else ((), ())
     return {
         "spec_json": json.dumps(spec_dict, sort_keys=True),
         "spec_python": repr(dict(sorted(spec_dict.items()))),
         "spec_digest": digest,
-        "evaluation_notes": _evaluation_notes(plan),
+        "evaluation_notes": _wrapped(evaluation_notes(plan)),
         "quadrature_nodes": plan.quadrature_nodes if plan.uses_quadrature else 0,
         "quadrature_x": [repr(x) for x in xs],
         "quadrature_w": [repr(w) for w in ws],
@@ -374,7 +415,9 @@ def _title(spec: Spec) -> str:
 
 
 def _intro(spec: Spec) -> list[str]:
-    lines = ["Entry points: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized"]
+    lines = [
+        "Entry points: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized"
+    ]
     lines.append("sigmas, a denoiser model)")
     if spec.family != "ersde":
         lines[-1] += "; sample_native(model, x, timesteps, ...) with the family's own time and a model"
@@ -391,8 +434,24 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
     family, schedule = derivation.family, derivation.schedule
     variable = table_value if schedule.discrete else family_t
     parameters = [symbol for symbol, _ in schedule.parameters]
-    routines.append(make_routine("_alpha", [variable, *parameters], [schedule.alpha], "alpha of the schedule.", tensor_like=str(variable)))
-    routines.append(make_routine("_sigma", [variable, *parameters], [schedule.sigma], "sigma of the schedule.", tensor_like=str(variable)))
+    routines.append(
+        make_routine(
+            "_alpha",
+            [variable, *parameters],
+            [schedule.alpha],
+            "alpha of the schedule.",
+            tensor_like=str(variable),
+        )
+    )
+    routines.append(
+        make_routine(
+            "_sigma",
+            [variable, *parameters],
+            [schedule.sigma],
+            "sigma of the schedule.",
+            tensor_like=str(variable),
+        )
+    )
     prediction = spec.resolved_prediction
     quantity = derivation.to_data[prediction] if spec.form == "data" else derivation.to_noise[prediction]
     routines.append(
@@ -435,7 +494,13 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
     if schedule.discrete:
         table = "alphas_cumprod" if spec.family == "vpsde" else "theta_bar"
         keyword = [(table, None), *keyword]
-    signature = ", ".join(["t", "*", *[name if default is None else f"{name}={default}" for name, default in keyword]]) if keyword else "t"
+    signature = (
+        ", ".join(
+            ["t", "*", *[name if default is None else f"{name}={default}" for name, default in keyword]]
+        )
+        if keyword
+        else "t"
+    )
     prediction_doc = {
         "data": "data prediction x0",
         "noise": "noise prediction eps",
@@ -456,7 +521,9 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
             "mean_reverting": family.mean_reverting,
             "prediction_doc": prediction_doc,
             "time_doc": family.time_doc,
-            "mu_doc": "``mu`` is the mean the process reverts to (e.g. the degraded image)." if family.mean_reverting else "",
+            "mu_doc": "``mu`` is the mean the process reverts to (e.g. the degraded image)."
+            if family.mean_reverting
+            else "",
             "family_update": update.text,
         }
     }
@@ -479,16 +546,23 @@ def command_args(spec: Spec) -> str:
     return " ".join(args)
 
 
+@functools.cache
+def _ruff_binary() -> str:
+    """The ruff of the installed ``ruff`` distribution (the pinned version), else the one on PATH."""
+    try:
+        from ruff.__main__ import find_ruff_bin
+
+        return str(find_ruff_bin())
+    except (ImportError, FileNotFoundError):
+        found = shutil.which("ruff")
+        if found is None:
+            raise RuntimeError("ruff is required to format generated code (pip install ruff)") from None
+        return found
+
+
 def format_source(text: str) -> str:
     """Format with ruff (cache off, fixed settings), so output does not depend on any project config."""
-    ruff = shutil.which("ruff")
-    if ruff is None:
-        try:
-            from ruff.__main__ import find_ruff_bin
-
-            ruff = find_ruff_bin()
-        except Exception as exc:  # pragma: no cover - ruff is a dependency
-            raise RuntimeError("ruff is required to format generated code") from exc
+    ruff = _ruff_binary()
     result = subprocess.run(
         [ruff, "format", "--no-cache", "--isolated", f"--line-length={LINE_LENGTH}", "-"],
         input=text,

@@ -69,7 +69,9 @@ def render_variant(variant: Variant) -> str:
         "order": variant.order,
         "phi_text": sp.sstr(step_derivation.phi),
         "ratio_text": step_text(step_derivation.ratio) if variant.form == "data" else "1",
-        "variance_text": step_text(step_derivation.noise_variance) if variant.form == "data" else "int_{s_{i+1}}^{s_i} h(s)^2 ds",
+        "variance_text": step_text(step_derivation.noise_variance)
+        if variant.form == "data"
+        else "int_{s_{i+1}}^{s_i} h(s)^2 ds",
         "variable_text": "s" if variant.variable == "s" else "lambda = log(alpha/sigma) = -log s",
         "weight_names": [str(w) for w in weights],
         "stage_lines": _stage_lines(variant),

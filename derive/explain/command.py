@@ -96,7 +96,7 @@ def explain(family, order, phi, dynamics, prediction, schedule, variable, fmt, o
     if out is None:
         click.echo(text, nl=False)
     else:
-        from derive.emit.write import atomic_write
+        from derive.files import atomic_write
 
         atomic_write(out, text)
         click.echo(str(out))

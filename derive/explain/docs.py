@@ -442,10 +442,12 @@ def check_docs(docs_dir: pathlib.Path | None = None, pages: dict[str, str] | Non
     return "".join(diff)
 
 
-def write_docs(docs_dir: pathlib.Path | None = None, pages: dict[str, str] | None = None) -> list[pathlib.Path]:
+def write_docs(
+    docs_dir: pathlib.Path | None = None, pages: dict[str, str] | None = None
+) -> list[pathlib.Path]:
     """Write the pages atomically; remove generated pages that are no longer produced. Returns the paths written."""
     docs_dir = DOCS_DIR if docs_dir is None else docs_dir
-    from derive.emit.write import atomic_write
+    from derive.files import atomic_write
 
     pages = render_docs() if pages is None else pages
     written = []

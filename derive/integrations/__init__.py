@@ -6,9 +6,10 @@
   a Brownian-tree noise sampler (needs ``torchsde`` for the latter).
 
 This package itself needs only torch. It holds what both integrations share: finding and loading a generated
-module (:func:`load_module`, :func:`module_id`) and the per-step coefficients of a module in any process's own
+module (:func:`load_module`, :func:`module_id`), the per-step coefficients of a module in any process's own
 coordinates (:func:`step_table`), including a first step from pure noise (alpha = 0, e.g. flow matching at
-t = 1).
+t = 1), and the corrections of a module with a corrector (:func:`correction_table`: the predictor-corrector
+modules and the UniPC variants), applied once the next model output is known, as diffusers' UniPC does.
 """
 
 from __future__ import annotations
@@ -22,7 +23,16 @@ import types
 
 import torch
 
-__all__ = ["GENERATED_DIR", "DeriveScheduler", "load_module", "module_id", "noise_scale_limit", "step_table"]
+__all__ = [
+    "GENERATED_DIR",
+    "DeriveScheduler",
+    "correction_table",
+    "has_corrector",
+    "load_module",
+    "module_id",
+    "noise_scale_limit",
+    "step_table",
+]
 
 #: The checked-in catalogue of a source checkout (``<repo>/generated``); may not exist for a wheel install.
 GENERATED_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "generated"
@@ -46,11 +56,6 @@ def _check(module: types.ModuleType, origin: str) -> types.ModuleType:
         raise ValueError(f"{origin} is not a generated sampler module (missing {', '.join(missing)})")
     if module.FORM not in ("data", "noise"):
         raise ValueError(f"{origin}: unknown FORM {module.FORM!r}")
-    if getattr(module, "METHOD", "taylor") == "pc":
-        raise ValueError(
-            f"{origin} is a predictor-corrector: its corrector updates the state after each model call, which "
-            "the integrations' per-step tables do not express; use its own sample()"
-        )
     return module
 
 
@@ -172,3 +177,42 @@ def step_table(module, alpha, sigma):
             (a1 * ratios[i] / a0, tuple(a1 * w for w in weights[i]), a1 * stds[i], 0.0, bool(finals[i]))
         )
     return head + rows
+
+
+def has_corrector(module) -> bool:
+    """Whether ``module`` corrects each step with the next model output (a pc module or a UniPC variant)."""
+    return getattr(module, "METHOD", None) == "pc" or hasattr(module, "_CORRECTORS")
+
+
+def correction_table(module, alpha, sigma):
+    """Per step i of :func:`step_table` (same arguments): None or ``(A_last, A_new, W)``.
+
+    Once the model output at the new point i + 1 is known (stored first, ``P_{i+1}``), the state there becomes
+    ``x_{i+1} <- A_last x_i + A_new x_{i+1} + sum_j W[j] P_{i+1-j}`` with ``x_i`` the state step i started
+    from. A UniPC variant recomputes the step with its corrector (``A_new = 0``); a pc module adds its
+    correction to the predicted state (``A_last = 0``, ``A_new = 1``; the step's noise is kept). Returns None
+    for a module without a corrector. Needs alpha > 0 at every point (no start from pure noise).
+    """
+    if not has_corrector(module):
+        return None
+    alpha = [float(v) for v in torch.as_tensor(alpha, dtype=torch.float64).reshape(-1).tolist()]
+    sigma = [float(v) for v in torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).tolist()]
+    if len(alpha) != len(sigma) or len(alpha) < 2:
+        raise ValueError("alpha and sigma need the same length, at least 2")
+    if any(a <= 0.0 for a in alpha):
+        raise ValueError(
+            "a module with a corrector cannot start from pure noise (alpha = 0): its correction of the first "
+            "step is not defined there; start at alpha > 0 or use a module without a corrector"
+        )
+    s = torch.tensor([g / a for g, a in zip(sigma, alpha)], dtype=torch.float64)
+    rows = []
+    if hasattr(module, "_CORRECTORS"):  # a published predictor-corrector (UniPC): the step recomputed
+        ratios, _, _, _, corrections = module._tables(s)
+        for i, c in enumerate(corrections):
+            a0, a1 = alpha[i], alpha[i + 1]
+            rows.append(None if c is None else (a1 * ratios[i] / a0, 0.0, tuple(a1 * w for w in c)))
+        return rows
+    _, _, weights, _ = module.coefficient_table(s)
+    for i, c in enumerate(module.correction_table(s, weights)):
+        rows.append(None if c is None else (0.0, 1.0, tuple(alpha[i + 1] * w for w in c)))
+    return rows

@@ -8,13 +8,15 @@
     pipe.scheduler = DeriveScheduler.from_config(pipe.scheduler.config, module="ersde_order2_phi_ode")
 
 The modules are whole-trajectory samplers; the scheduler uses their public pieces only. ``set_timesteps``
-builds the noise schedule the way diffusers' own schedulers do (DDIM/DDPM timestep spacing, Karras /
-exponential / beta sigmas, the FlowMatchEuler shift) and computes, once and in float64, the per-step
-coefficients ``(A, B, C, M, final)`` with :func:`derive.integrations.step_table` (the module's
-``family_table`` or its ``coefficient_table`` in normalized coordinates). ``step`` converts the model output
-to a data prediction x0 and a noise prediction eps, stores the one the module's update expands (``FORM``), and
-applies ``x_next = A x + sum_j B_j P_{i-j} + C z``: one model call per step (``order = 1``); a multistep
-module keeps the last ``ORDER`` predictions.
+builds the noise schedule the way diffusers' own schedulers do (the timestep grids of DDIM/DDPM and of the
+multistep solvers, Karras / exponential / beta sigmas, the FlowMatchEuler shift) and computes, once and in
+float64, the per-step coefficients ``(A, B, C, M, final)`` with :func:`derive.integrations.step_table` (the
+module's ``family_table`` or its ``coefficient_table`` in normalized coordinates). ``step`` converts the model
+output to the prediction the module's update expands (``FORM``: the data prediction x0 or the noise
+prediction eps), stores it, and forms ``x_next = A x + sum_j B_j P_{i-j} + C z`` in place: one model call per
+step (``order = 1``); a multistep module keeps the last ``ORDER`` predictions. A module with a corrector (the
+UniPC variants, the pc modules) corrects the state on the next call, once the model output there is known,
+as diffusers' ``UniPCMultistepScheduler`` does.
 
 Two processes are supported:
 
@@ -25,12 +27,21 @@ Two processes are supported:
   returns ``v = eps - x0``; ``sigmas`` are t and the model gets ``t * num_train_timesteps``, as with
   ``FlowMatchEulerDiscreteScheduler``.
 
+``from_config`` of another scheduler's config takes that scheduler's values, its defaults included (a
+derive scheduler replaces it and should run its schedule), maps the keys that choose a solver
+(``solver_order``, ``algorithm_type``, ``solver_type``, ``predict_x0``) to the generated module that
+reproduces it when no ``module`` is given, and refuses, naming the key, what it cannot reproduce. A config
+written by a ``DeriveScheduler`` (it carries ``module``) follows diffusers' own rule instead: keys its writer
+left at their defaults take this class's defaults, so configs round-trip through any compatible scheduler.
+
 Differences from diffusers' own schedulers, all deliberate: tables are float64 (diffusers keeps
 ``alphas_cumprod`` and flow sigmas in float32, so trajectories agree with them to float32 precision only); the
 step to the final noise level uses the next entry of the schedule (DDIM's ``timestep - num_train_timesteps //
 num_inference_steps`` coincides with it for the "leading" and "trailing" spacings, not for "linspace"); a
 final step to sigma = 0 returns the data prediction and draws no noise (DDPM adds ``1e-10 * z`` there when the
-last timestep is not 0).
+last timestep is not 0); ``clip_sample`` and ``thresholding`` re-derive the noise prediction from the clipped
+data prediction (DDIM's ``use_clipped_model_output=True``, DPM-Solver's behaviour); zero-SNR rescaling ends at
+alpha = 0 exactly, as DDIM (the multistep schedulers put 2**-24 there).
 """
 
 from __future__ import annotations
@@ -44,13 +55,108 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin, SchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from derive.integrations import load_module, module_id, step_table
+from derive.integrations import correction_table, has_corrector, load_module, module_id, step_table
 
-__all__ = ["DeriveScheduler", "DeriveSchedulerOutput"]
+__all__ = ["DeriveScheduler", "DeriveSchedulerOutput", "solver_module"]
 
 VP_PREDICTIONS = ("epsilon", "sample", "v_prediction")
 PREDICTIONS = VP_PREDICTIONS + ("flow_prediction",)
 DEFAULT_MODULES = {"vp": "ersde_order2_phi_ode", "flow": "flow_order2_ode"}
+TIMESTEP_GRIDS = ("ddim", "multistep")
+NOISE_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+#: diffusers schedulers whose timestep_spacing builds n + 1 points and drops the last (DPM-Solver's grid)
+MULTISTEP_SCHEDULERS = frozenset(
+    {
+        "DPMSolverMultistepScheduler",
+        "DPMSolverSinglestepScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+    }
+)
+#: modules that reproduce a diffusers scheduler drawing its noise in float32 whatever the model's dtype
+FLOAT32_NOISE_VARIANTS = frozenset({"sde_dpmpp_2m", "sde_dpmpp_2m_heun"})
+
+#: keys of diffusers' compatible schedulers that choose their solver: with no ``module`` given they select the
+#: generated module reproducing it (DPMSolverMultistep, UniPCMultistep, DEISMultistep); an explicit module
+#: replaces them
+SOLVER_KEYS = frozenset(
+    {"solver_order", "algorithm_type", "solver_type", "predict_x0", "skip_prk_steps", "noise_sampler_seed"}
+)
+#: keys of diffusers' compatible schedulers that derive does not implement, with the values that change nothing
+NEUTRAL_VALUES = {
+    "flow_shift": None,  # any value: used only with use_flow_sigmas
+    "interpolation_type": ("linear",),
+    "invert_sigmas": (False,),
+    "lambda_min_clipped": (-math.inf,),
+    "sigma_min": (None,),
+    "sigma_max": (None,),
+    "stochastic_sampling": (False,),
+    "timestep_type": ("discrete",),
+    "use_flow_sigmas": (False,),
+    "use_lu_lambdas": (False,),
+    "variance_type": (None, "fixed_small"),
+    "disable_corrector": ((), []),
+    "solver_p": (None,),
+}
+
+
+def solver_module(scheduler: str, config) -> str | None:
+    """The generated module that reproduces a diffusers multistep solver's configuration.
+
+    ``scheduler`` is the class name (DPMSolverMultistepScheduler, UniPCMultistepScheduler,
+    DEISMultistepScheduler), ``config`` its config (missing keys take that class's defaults). Returns None for
+    another class; raises ValueError naming the key when no generated module reproduces the combination.
+    """
+    order = int(config.get("solver_order", 2))
+    if scheduler == "DPMSolverMultistepScheduler":
+        algorithm = config.get("algorithm_type", "dpmsolver++")
+        kind = config.get("solver_type", "midpoint")
+        if order == 1:
+            names = {
+                "dpmsolver++": "variant_ddim",
+                "dpmsolver": "variant_ddim",
+                "sde-dpmsolver++": "variant_ddpm",
+            }
+        else:
+            prefix = {
+                "dpmsolver++": "variant_dpmpp",
+                "dpmsolver": "variant_dpm",
+                "sde-dpmsolver++": "variant_sde_dpmpp",
+            }
+            names = {a: f"{p}_{order}m" for a, p in prefix.items()}
+            if order == 2 and kind == "heun":
+                names = {a: f"{n}_heun" for a, n in names.items()}
+            if order != 2:
+                names.pop("sde-dpmsolver++")
+        if algorithm not in names or order not in (1, 2, 3) or kind not in ("midpoint", "heun"):
+            raise ValueError(
+                f"no generated module reproduces DPMSolverMultistepScheduler(algorithm_type={algorithm!r}, "
+                f"solver_order={order}, solver_type={kind!r}); pass module=..."
+            )
+        return names[algorithm]
+    if scheduler == "UniPCMultistepScheduler":
+        kind = config.get("solver_type", "bh2")
+        if order not in (1, 2, 3) or kind not in ("bh1", "bh2"):
+            raise ValueError(
+                f"no generated module reproduces UniPCMultistepScheduler(solver_order={order}, "
+                f"solver_type={kind!r}); pass module=..."
+            )
+        return f"variant_unipc_{kind}_{order}" + ("" if config.get("predict_x0", True) else "_noise")
+    if scheduler == "DEISMultistepScheduler":
+        algorithm, kind = config.get("algorithm_type", "deis"), config.get("solver_type", "logrho")
+        if order not in (1, 2, 3) or algorithm != "deis" or kind != "logrho":
+            raise ValueError(
+                f"no generated module reproduces DEISMultistepScheduler(algorithm_type={algorithm!r}, "
+                f"solver_order={order}, solver_type={kind!r}); pass module=..."
+            )
+        return f"variant_deis_{order}"
+    return None
 
 
 @dataclass
@@ -71,6 +177,19 @@ def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
     )
 
 
+def _zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas whose last alphas_cumprod is 0 (Lin et al. 2024, Common Diffusion Noise Schedules are Flawed, Alg. 1).
+
+    sqrt(alphas_cumprod) is shifted so that its last value is 0 and scaled so that its first is unchanged.
+    """
+    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    cumprod = root**2
+    alphas = torch.cat([cumprod[:1], cumprod[1:] / cumprod[:-1]])
+    return 1.0 - alphas
+
+
 class DeriveScheduler(SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs a derive-generated sampler module, one model call per step.
 
@@ -82,17 +201,33 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         num_train_timesteps, beta_start, beta_end, beta_schedule ("linear", "scaled_linear",
             "squaredcos_cap_v2"), trained_betas: the discrete variance-preserving schedule, as in DDPMScheduler
             (computed in float64).
+        rescale_betas_zero_snr: rescale the betas to zero terminal SNR (alpha = 0 at the last training
+            timestep, as DDIMScheduler; needs a data-form module and a sample or v prediction to start there).
         prediction_type: "epsilon", "sample", "v_prediction" (variance preserving) or "flow_prediction"
             (rectified flow: x = (1 - t) x0 + t eps, model output v = eps - x0). Default: "flow_prediction" for
             a flow module, else "epsilon".
-        timestep_spacing: "linspace", "leading" or "trailing" (DDIM's / DDPM's definitions); steps_offset as
-            there (leading spacing only).
+        timestep_spacing: "linspace", "leading" or "trailing"; steps_offset as in diffusers (leading only).
+        timestep_grid: whose definition of the spacings: "ddim" (DDIMScheduler / DDPMScheduler: n timesteps) or
+            "multistep" (DPMSolverMultistep / UniPC / DEIS: n + 1 points with the last dropped; "linspace" at 10
+            steps runs 999 ... 100). ``from_config`` sets it from the scheduler the config comes from.
         use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas: the noise levels between the schedule's
             extremes, as in DPMSolverMultistepScheduler / FlowMatchEulerDiscreteScheduler (beta needs scipy).
         final_sigmas_type: "zero" (last step to sigma = 0, returns the data prediction; DDIM's
             ``set_alpha_to_one=True``) or "sigma_min" (last step to the schedule's smallest noise level,
             ``set_alpha_to_one=False``); flow schedules always end at t = 0.
-        clip_sample, clip_sample_range: clamp the data prediction (and re-derive eps from it), as DDIM / DDPM.
+        lower_order_final, euler_at_final: the multistep schedulers' lower orders on the last steps: True
+            (DPMSolverMultistep / DEIS: below 15 steps the last step uses one stored prediction and the one
+            before it at most two), "always" (UniPCMultistep: step i of n uses at most n - i, whatever n);
+            ``euler_at_final`` makes the last step first order always. A lowered step is the module's own
+            lower-order start (its table for the shorter history).
+        clip_sample, clip_sample_range: clamp the data prediction, as DDIM / DDPM.
+        thresholding, dynamic_thresholding_ratio, sample_max_value: dynamic thresholding of the data prediction
+            (Saharia et al. 2022, Imagen): per sample, s = the ``dynamic_thresholding_ratio`` quantile of |x0|
+            clamped to [1, sample_max_value], then x0 = clamp(x0, -s, s) / s. With clipping or thresholding a
+            noise-form module stores the noise prediction re-derived from the clamped x0.
+        noise_dtype: dtype of the drawn noise ("float32", "float64", ...). Default: as the diffusers scheduler
+            the module reproduces: float32 for SDE-DPM-Solver++ (``variant_sde_dpmpp_2m*``), else the model
+            output's dtype (DDPM / DDIM).
         shift, use_dynamic_shifting, base_shift, max_shift, base_image_seq_len, max_image_seq_len,
             time_shift_type, shift_terminal: the flow timestep shift, as in FlowMatchEulerDiscreteScheduler
             (with ``use_dynamic_shifting`` pass ``mu`` to ``set_timesteps``; base/max shift and sequence
@@ -114,15 +249,23 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
         trained_betas=None,
+        rescale_betas_zero_snr: bool = False,
         prediction_type: str | None = None,
         timestep_spacing: str = "leading",
+        timestep_grid: str = "ddim",
         steps_offset: int = 0,
         use_karras_sigmas: bool = False,
         use_exponential_sigmas: bool = False,
         use_beta_sigmas: bool = False,
         final_sigmas_type: str = "zero",
+        lower_order_final: bool | str = False,
+        euler_at_final: bool = False,
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        noise_dtype: str | None = None,
         shift: float = 1.0,
         use_dynamic_shifting: bool = False,
         base_shift: float = 0.5,
@@ -146,18 +289,40 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             prediction_type = (
                 "flow_prediction" if getattr(self.module, "FAMILY", None) == "flow" else "epsilon"
             )
+        # the module is always recorded as given: a config carrying it was written by a DeriveScheduler (see
+        # from_config), also after a round trip through another scheduler, which keeps it as a hidden key
         self.register_to_config(module=module_id(self.module), prediction_type=prediction_type)
+        if "_use_default_values" in self.config:
+            defaults = [key for key in self.config["_use_default_values"] if key != "module"]
+            self.register_to_config(_use_default_values=defaults)
         if sum([use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas]) > 1:
             raise ValueError("use at most one of use_karras_sigmas, use_exponential_sigmas, use_beta_sigmas")
         if timestep_spacing not in ("linspace", "leading", "trailing"):
             raise ValueError(
                 f"timestep_spacing must be linspace, leading or trailing, not {timestep_spacing!r}"
             )
+        if timestep_grid not in TIMESTEP_GRIDS:
+            raise ValueError(f"timestep_grid must be one of {TIMESTEP_GRIDS}, not {timestep_grid!r}")
         if final_sigmas_type not in ("zero", "sigma_min"):
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', not {final_sigmas_type!r}")
+        if lower_order_final not in (False, True, "always"):
+            raise ValueError(f"lower_order_final must be False, True or 'always', not {lower_order_final!r}")
         if time_shift_type not in ("exponential", "linear"):
             raise ValueError(f"time_shift_type must be 'exponential' or 'linear', not {time_shift_type!r}")
+        if not 0.0 < dynamic_thresholding_ratio <= 1.0:
+            raise ValueError(
+                f"dynamic_thresholding_ratio must be in (0, 1], not {dynamic_thresholding_ratio!r}"
+            )
+        if noise_dtype is not None and noise_dtype not in NOISE_DTYPES:
+            raise ValueError(f"noise_dtype must be None or one of {tuple(NOISE_DTYPES)}, not {noise_dtype!r}")
         self.flow = prediction_type == "flow_prediction"
+        if self.flow and rescale_betas_zero_snr:
+            raise ValueError("rescale_betas_zero_snr applies to variance-preserving schedules, not to flow")
+        variant = getattr(self.module, "SPEC", {}).get("variant")
+        if noise_dtype is not None:
+            self._noise_dtype = NOISE_DTYPES[noise_dtype]
+        else:
+            self._noise_dtype = torch.float32 if variant in FLOAT32_NOISE_VARIANTS else None
 
         if trained_betas is not None:
             betas = torch.tensor(np.asarray(trained_betas, dtype=np.float64), dtype=torch.float64)
@@ -171,10 +336,14 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             betas = _cosine_betas(num_train_timesteps)
         else:
             raise NotImplementedError(f"beta_schedule {beta_schedule!r} is not implemented")
+        if rescale_betas_zero_snr:
+            betas = _zero_terminal_snr(betas)
         #: float64 tables of the variance-preserving schedule (CPU)
         self.betas = betas
         self.alphas = 1.0 - betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        if rescale_betas_zero_snr:
+            self.alphas_cumprod[-1] = 0.0  # exactly (the product rounds to ~1e-35)
         self.init_noise_sigma = 1.0
 
         self.num_inference_steps = None
@@ -182,6 +351,8 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = None
         self._history = []
         self._rows = None
+        self._corrections = None
+        self._last = None
         self._row_offset = 0
         if self.flow:
             grid = np.linspace(1, num_train_timesteps, num_train_timesteps)[::-1] / num_train_timesteps
@@ -192,7 +363,8 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             self.sigmas = torch.from_numpy(np.append(grid, 0.0).astype(np.float32))
         else:
             self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64))
-            self.sigmas = ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt().flip(0).float()
+            with np.errstate(divide="ignore"):
+                self.sigmas = torch.from_numpy(self._vp_sigma_table()[::-1].copy()).float()
 
     # ---- construction ----------------------------------------------------------------------------------------
 
@@ -203,16 +375,79 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
 
     @classmethod
     def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
-        """As ``ConfigMixin.from_config``; a FlowMatch scheduler's config (it has ``shift`` and no
-        ``prediction_type``) selects ``prediction_type="flow_prediction"``."""
-        if config is not None and not isinstance(config, str) and "prediction_type" not in kwargs:
-            name = config.get("_class_name", "") or ""
-            flow_keys = "prediction_type" not in config and (
-                "shift" in config or "use_dynamic_shifting" in config
-            )
-            if flow_keys or (isinstance(name, str) and name.startswith("FlowMatch")):
-                kwargs["prediction_type"] = "flow_prediction"
+        """As ``ConfigMixin.from_config``, taking over another scheduler's schedule.
+
+        A config written by a DeriveScheduler (it has ``module``) loads by diffusers' rule: keys its writer left
+        at their defaults take this class's defaults. Any other scheduler's config is read at its values,
+        defaults included, so that the schedule is the one it ran: its ``timestep_spacing`` on its own grid
+        (``timestep_grid``), DDIM's ``set_alpha_to_one`` as ``final_sigmas_type``, its ``clip_sample``,
+        thresholding and zero-SNR settings; without a ``module`` argument, ``solver_order`` /
+        ``algorithm_type`` / ``solver_type`` / ``predict_x0`` select the module that reproduces the solver
+        (:func:`solver_module`). Keys derive cannot reproduce raise ValueError naming them. A FlowMatch
+        scheduler's config selects ``prediction_type="flow_prediction"``.
+        """
+        if config is None or isinstance(config, str) or "module" in config:
+            return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+        config = dict(config)
+        source = cls._source_class(config)
+        if source != cls.__name__:
+            config.pop("_use_default_values", None)  # its defaults are the values it ran with
+            own = set(cls._get_init_keys(cls))
+            if source == "UniPCMultistepScheduler" and config.get("lower_order_final"):
+                kwargs.setdefault("lower_order_final", "always")  # UniPC lowers the last orders at any n
+            if source == "DEISMultistepScheduler":
+                kwargs.setdefault("final_sigmas_type", "sigma_min")  # DEIS always ends there
+            for key, value in list(config.items()):
+                if key.startswith("_") or key in own or key in SOLVER_KEYS:
+                    continue
+                if key == "set_alpha_to_one":
+                    kwargs.setdefault("final_sigmas_type", "zero" if value else "sigma_min")
+                elif key in NEUTRAL_VALUES:
+                    allowed = NEUTRAL_VALUES[key]
+                    if allowed is not None and not any(value == v for v in allowed):
+                        raise ValueError(
+                            f"{source or 'the config'}: {key}={value!r} is not reproduced by DeriveScheduler "
+                            f"(only {', '.join(repr(v) for v in allowed)})"
+                        )
+                elif key in ("sigma_data", "sigma_schedule", "rho"):
+                    raise ValueError(
+                        f"{source or 'the config'}: {key}={value!r} is EDM's preconditioned parametrization, "
+                        "which DeriveScheduler does not reproduce; use the edm_* modules' own sample()"
+                    )
+            if "module" not in kwargs:
+                chosen = solver_module(source, config)
+                if chosen is not None:
+                    kwargs["module"] = chosen
+            if "prediction_type" not in kwargs:
+                flow_keys = "prediction_type" not in config and (
+                    "shift" in config or "use_dynamic_shifting" in config
+                )
+                if flow_keys or source.startswith("FlowMatch"):
+                    kwargs["prediction_type"] = "flow_prediction"
+            kwargs.setdefault("timestep_grid", "multistep" if source in MULTISTEP_SCHEDULERS else "ddim")
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
+    @classmethod
+    def _source_class(cls, config: dict) -> str:
+        """The scheduler class a config belongs to: its ``_class_name`` (saved configs) or, for an in-memory
+        ``scheduler.config`` (which has none), the compatible class whose constructor keys it holds."""
+        name = config.get("_class_name")
+        if isinstance(name, str) and name:
+            return name
+        import diffusers
+
+        keys = {key for key in config if not key.startswith("_")}
+        best, size = "", -1
+        for candidate in [cls.__name__, *cls._compatibles]:
+            target = cls if candidate == cls.__name__ else getattr(diffusers, candidate, None)
+            if target is None:
+                continue
+            init = set(cls._get_init_keys(target)) - {"self", "kwargs"}
+            if init == keys:
+                return candidate
+            if init <= keys and len(init) > size:
+                best, size = candidate, len(init)
+        return best
 
     # ---- diffusers' step-index protocol ----------------------------------------------------------------------
 
@@ -230,14 +465,15 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         self._begin_index = begin_index
 
     def index_for_timestep(self, timestep, schedule_timesteps=None) -> int:
-        """Position of ``timestep`` in the schedule (the second occurrence of a repeated value, as diffusers)."""
+        """Position of ``timestep`` in the schedule: the second occurrence of a repeated value and, for a
+        timestep not in the schedule, the last step (both as diffusers' multistep schedulers)."""
         if schedule_timesteps is None:
             schedule_timesteps = self.timesteps
         if isinstance(timestep, torch.Tensor):
             timestep = timestep.to(schedule_timesteps.device)
         candidates = (schedule_timesteps == timestep).nonzero()
         if len(candidates) == 0:
-            raise ValueError(f"timestep {timestep} is not in the schedule set by set_timesteps")
+            return len(schedule_timesteps) - 1
         return candidates[1 if len(candidates) > 1 else 0].item()
 
     def _init_step_index(self, timestep):
@@ -254,7 +490,8 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
 
     def _vp_sigma_table(self) -> np.ndarray:
         abar = self.alphas_cumprod.numpy()
-        return np.sqrt((1 - abar) / abar)
+        with np.errstate(divide="ignore"):
+            return np.sqrt((1 - abar) / abar)
 
     def _spaced_sigmas(self, sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
         config = self.config
@@ -269,6 +506,19 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6)
         return sigma_min + ppf * (sigma_max - sigma_min)
 
+    def _grid(self, n: int) -> np.ndarray:
+        """The integer timesteps of ``timestep_spacing`` on DDIM's or the multistep schedulers' grid."""
+        config = self.config
+        n_train = config.num_train_timesteps
+        if config.timestep_spacing == "trailing":  # the same on both grids
+            return np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
+        points = n + 1 if config.timestep_grid == "multistep" else n
+        if config.timestep_spacing == "linspace":
+            t = np.linspace(0, n_train - 1, points).round()[::-1]
+        else:
+            t = (np.arange(0, points) * (n_train // points)).round()[::-1] + config.steps_offset
+        return (t[:-1] if config.timestep_grid == "multistep" else t).copy().astype(np.int64)
+
     def _vp_schedule(self, num_inference_steps, timesteps, sigmas):
         """(model timesteps, alpha, sigma) for the variance-preserving schedule, alpha/sigma with the final point."""
         config = self.config
@@ -277,6 +527,11 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         log_table = np.log(table)
         spaced = config.use_karras_sigmas or config.use_exponential_sigmas or config.use_beta_sigmas
         final_s = 0.0 if config.final_sigmas_type == "zero" else float(table[0])
+        if spaced and not math.isfinite(float(table[-1])):
+            raise ValueError(
+                "rescale_betas_zero_snr puts an infinite noise level at the last timestep: use the timestep "
+                "spacings, not use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas"
+            )
         if sigmas is not None:
             s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
             if s[-1] == 0:
@@ -291,14 +546,7 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             s = self._spaced_sigmas(float(table[0]), float(table[-1]), num_inference_steps)
             t = np.array([_sigma_to_t(v, log_table) for v in s]).round().astype(np.int64)
         else:
-            if config.timestep_spacing == "linspace":
-                t = np.linspace(0, n_train - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
-            elif config.timestep_spacing == "leading":
-                ratio = n_train // num_inference_steps
-                t = (np.arange(0, num_inference_steps) * ratio).round()[::-1].copy().astype(np.int64)
-                t += config.steps_offset
-            else:
-                t = np.round(np.arange(n_train, 0, -n_train / num_inference_steps)).astype(np.int64) - 1
+            t = self._grid(num_inference_steps)
             s = table[t]
         abar = self.alphas_cumprod.numpy()
         if sigmas is None and not spaced:  # exactly the table's alpha and sigma (no round trip through s)
@@ -379,78 +627,195 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             model_t, alpha, sigma = self._vp_schedule(num_inference_steps, timesteps, sigmas)
             with np.errstate(divide="ignore"):
                 self.sigmas = torch.from_numpy((sigma / alpha).astype(np.float32))
+            if alpha[0] == 0.0 and self.config.prediction_type == "epsilon":
+                raise ValueError(
+                    "the schedule starts at zero SNR (alpha = 0), where an epsilon prediction determines no "
+                    "data prediction: use prediction_type='v_prediction' (or 'sample'), or another spacing"
+                )
         #: float64 alpha_t and sigma_t of every point, the final one included
         self.alpha_t = [float(v) for v in alpha]
         self.sigma_t = [float(v) for v in sigma]
         self.timesteps = model_t.to(device)
         self.num_inference_steps = len(model_t)
-        self._rows = step_table(self.module, self.alpha_t, self.sigma_t)
-        self._row_offset = 0
-        self._history = []
+        self._build_tables(0)
         self._step_index = None
         self._begin_index = None
 
+    def _order_caps(self, n: int) -> dict:
+        """{step: at most this many stored predictions} for the last steps (lower_order_final, euler_at_final)."""
+        config = self.config
+        caps = {}
+        if config.lower_order_final == "always":
+            caps = {i: n - i for i in range(max(n - self.module.ORDER, 0), n)}
+        elif config.lower_order_final and n < 15:
+            caps = {n - 1: 1, n - 2: 2}
+        if config.euler_at_final:
+            caps[n - 1] = 1
+        return {i: k for i, k in caps.items() if 0 <= i < n and k < self.module.ORDER}
+
+    def _build_tables(self, offset: int):
+        """The step table (and corrections) of the schedule from point ``offset`` on; resets the history."""
+        alpha, sigma = self.alpha_t[offset:], self.sigma_t[offset:]
+        # a zero-length last step (DDIM's set_alpha_to_one=False after timestep 0) leaves the state unchanged
+        identity_last = len(alpha) > 2 and alpha[-1] == alpha[-2] and sigma[-1] == sigma[-2]
+        if identity_last:
+            alpha, sigma = alpha[:-1], sigma[:-1]
+        rows = step_table(self.module, alpha, sigma)
+        corrections = correction_table(self.module, alpha, sigma) if has_corrector(self.module) else None
+        for i, k in self._order_caps(self.num_inference_steps).items():
+            i -= offset
+            if i < 0 or i >= len(rows):
+                continue
+            first = max(i - k + 1, 0)  # the module's own start on the last k points (its lower orders)
+            part = slice(first, min(i + 3, len(alpha)))
+            rows[i] = step_table(self.module, alpha[part], sigma[part])[i - first]
+            if corrections is not None:
+                corrections[i] = correction_table(self.module, alpha[part], sigma[part])[i - first]
+        if identity_last:
+            rows.append((1.0, (), 0.0, 0.0, False))
+            if corrections is not None:
+                corrections.append(None)
+        self._rows = rows
+        self._corrections = corrections
+        self._row_offset = offset
+        self._history = []
+        self._last = None
+        self._keep = self.module.ORDER + (1 if corrections is not None else 0)
+
     # ---- stepping --------------------------------------------------------------------------------------------
 
-    def _predictions(self, output, x, alpha, sigma):
-        """(x0, eps) from the model output, per prediction_type."""
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return (x - sigma * output) / alpha, output
-        if kind == "sample":
-            return output, (x - alpha * output) / sigma
-        if kind == "v_prediction":
-            return alpha * x - sigma * output, sigma * x + alpha * output
-        return (x - sigma * output) / (alpha + sigma), (x + alpha * output) / (alpha + sigma)
+    def _threshold(self, x0: torch.Tensor) -> torch.Tensor:
+        """Dynamic thresholding: per sample, s = quantile(|x0|, ratio) clamped to [1, sample_max_value]."""
+        dtype = x0.dtype
+        flat = x0.reshape(x0.shape[0], -1)
+        if dtype not in (torch.float32, torch.float64):
+            flat = flat.float()
+        bound = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
+        bound = bound.clamp(min=1.0, max=self.config.sample_max_value).unsqueeze(1)
+        return (torch.maximum(torch.minimum(flat, bound), -bound) / bound).reshape(x0.shape).to(dtype)
 
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
+    def _check_step_options(self, options: dict):
+        """DDIM's step options (DDIMPipeline passes them): eta and use_clipped_model_output."""
+        unknown = sorted(set(options) - {"eta", "use_clipped_model_output"})
+        if unknown:
+            raise TypeError(f"step() got unexpected keyword arguments {unknown}")
+        eta = options.get("eta")
+        if eta is not None:
+            phi = getattr(self.module, "SPEC", {}).get("phi")
+            own = {"s": 0.0, "s**2": 1.0}.get(phi)
+            if own is None or float(eta) != own:
+                raise ValueError(
+                    f"eta={eta!r}: the stochasticity of {self.config.module} is fixed by its phi(s) = {phi} "
+                    f"(DDIM's eta = {own}); choose a module with phi = s (eta = 0) or s**2 (eta = 1) instead"
+                )
+        clipped = options.get("use_clipped_model_output")
+        if clipped is False and (self.config.clip_sample or self.config.thresholding):
+            raise ValueError(
+                "use_clipped_model_output=False: the update uses the noise prediction re-derived from the "
+                "clipped data prediction (DDIM's use_clipped_model_output=True); pass None or True"
+            )
+
+    def step(
+        self,
+        model_output,
+        timestep,
+        sample,
+        generator=None,
+        variance_noise=None,
+        return_dict=True,
+        **options,
+    ):
         """One step: convert the model output, store the prediction, apply the precomputed linear combination.
 
         Returns ``DeriveSchedulerOutput(prev_sample, pred_original_sample)`` (a ``SchedulerOutput``) or, with
         ``return_dict=False``, ``(prev_sample,)``. Noise (SDE modules) is drawn with diffusers' ``randn_tensor``
-        from ``generator``, shaped and typed like ``model_output``, exactly when the step injects noise.
+        from ``generator``, shaped like ``model_output`` and typed per ``noise_dtype``, exactly when the step
+        injects noise; ``variance_noise`` gives it instead. A module with a corrector first corrects
+        ``sample`` with this output (the state the model saw is the predicted one; the output is stored as is).
+
+        DDIM's ``eta`` (as DDIMPipeline passes it) is accepted when it is the module's own: 0 for phi = s, 1 for
+        phi = s**2 (DDIM's eta = 1 is DDPM's posterior, the order-1 phi = s**2 step); anything else raises.
+        ``use_clipped_model_output`` may be None or True (clipping re-derives the noise prediction).
         """
+        if options:
+            self._check_step_options(options)
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps before step")
         if self._step_index is None:
             self._init_step_index(timestep)
-            if self._step_index != self._row_offset:  # started mid-schedule (img2img): a table from here
-                self._row_offset = self._step_index
-                self._rows = step_table(
-                    self.module, self.alpha_t[self._row_offset :], self.sigma_t[self._row_offset :]
-                )
-                self._history = []
+            if self._step_index != self._row_offset or self._history:  # mid-schedule (img2img): from here
+                self._build_tables(self._step_index)
         i = self._step_index
         if i >= self.num_inference_steps:
             raise ValueError("the schedule is exhausted: call set_timesteps again")
         A, B, C, _, final = self._rows[i - self._row_offset]  # M = 0: no mean-reverting modules
         alpha, sigma = self.alpha_t[i], self.sigma_t[i]
+        config = self.config
 
         work = torch.float32 if sample.dtype in (torch.float16, torch.bfloat16) else sample.dtype
         x = sample.to(work)
-        x0, eps = self._predictions(model_output.to(work), x, alpha, sigma)
-        if self.config.clip_sample:
-            bound = self.config.clip_sample_range
-            x0 = x0.clamp(-bound, bound)
-            if self.module.FORM == "noise":
-                eps = (x - alpha * x0) / sigma
-        self._history.insert(0, x0 if self.module.FORM == "data" else eps)
-        del self._history[self.module.ORDER :]
+        output = model_output.to(work)
+        # only what the update and the output need: x0 (data form, final step, returned) and eps (noise form)
+        data_form = self.module.FORM == "data"
+        need_x0 = data_form or final or return_dict or config.clip_sample or config.thresholding
+        kind = config.prediction_type
+        x0 = eps = None
+        if kind == "epsilon":
+            eps = output
+            if need_x0:
+                x0 = torch.add(x, output, alpha=-sigma).mul_(1.0 / alpha)
+        elif kind == "sample":
+            x0 = output
+        elif kind == "v_prediction":
+            if need_x0:
+                x0 = torch.mul(x, alpha).add_(output, alpha=-sigma)
+            if not data_form:
+                eps = torch.mul(x, sigma).add_(output, alpha=alpha)
+        else:  # flow: x = alpha x0 + sigma eps, v = eps - x0
+            scale = 1.0 / (alpha + sigma)
+            if need_x0:
+                x0 = torch.add(x, output, alpha=-sigma).mul_(scale)
+            if not data_form:
+                eps = torch.add(x, output, alpha=alpha).mul_(scale)
+        if config.clip_sample or config.thresholding:
+            if config.clip_sample:
+                x0 = x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+            if config.thresholding:
+                x0 = self._threshold(x0)
+            eps = None
+        if not data_form and eps is None:
+            eps = torch.add(x, x0, alpha=-alpha).mul_(1.0 / sigma)
+        history = self._history
+        history.insert(0, x0 if data_form else eps)
+        del history[self._keep :]
+
+        if self._corrections is not None:
+            correction = self._corrections[i - 1 - self._row_offset] if i > self._row_offset else None
+            if correction is not None:
+                a_last, a_new, weights = correction
+                corrected = torch.mul(self._last, a_last) if a_last else torch.mul(x, a_new)
+                if a_last and a_new:
+                    corrected.add_(x, alpha=a_new)
+                for j, weight in enumerate(weights):
+                    corrected.add_(history[j], alpha=weight)
+                x = corrected
+            self._last = x
 
         if final:
             prev = x0
         else:
-            prev = x * A
+            prev = torch.mul(x, A)
             for j, weight in enumerate(B):
-                prev = prev + self._history[j] * weight
+                prev.add_(history[j], alpha=weight)
             if C > 0:
-                noise = randn_tensor(
-                    model_output.shape,
-                    generator=generator,
-                    device=model_output.device,
-                    dtype=model_output.dtype,
-                )
-                prev = prev + noise.to(work) * C
+                if variance_noise is None:
+                    variance_noise = randn_tensor(
+                        model_output.shape,
+                        generator=generator,
+                        device=model_output.device,
+                        dtype=self._noise_dtype or model_output.dtype,
+                    )
+                prev.add_(variance_noise.to(work), alpha=C)
         self._step_index += 1
         prev = prev.to(sample.dtype)
         if not return_dict:

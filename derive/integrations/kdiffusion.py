@@ -1,44 +1,15 @@
 """The k-diffusion / ComfyUI convention: sampler functions and Brownian-tree noise.
 
-A k-diffusion sampler is ``sampler(model, x, sigmas, extra_args=None, callback=None, disable=None,
-noise_sampler=None)``: ``model(x, sigma_batch, **extra_args)`` returns the data prediction (a denoiser),
-``sigmas`` decrease (usually to 0) and ``noise_sampler(sigma, sigma_next)`` returns unit-variance noise for the
-step. Every generated module's ``sample`` already has this signature; :func:`wrap_sampler` adds the ``s_noise``
-scale, ComfyUI's seeded default noise, and flow models (sigmas = t, x = (1 - t) x0 + t eps).
+A k-diffusion sampler is ``sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=...,
+s_noise=..., noise_sampler=None)``: ``model(x, sigma_batch, **extra_args)`` returns the data prediction (a
+denoiser), ``sigmas`` decrease (usually to 0) and ``noise_sampler(sigma, sigma_next)`` returns unit-variance
+noise for the step. Every generated module's ``sample`` has this signature (positional order included);
+:func:`wrap_sampler` adds ComfyUI's seeded default noise and flow models (sigmas = t, x = (1 - t) x0 + t eps).
 
-Registering a generated sampler in ComfyUI
-------------------------------------------
-
-ComfyUI wraps sampler functions of this signature in ``comfy.samplers.KSAMPLER``; a custom node returning it as a
-``SAMPLER`` plugs into ``SamplerCustom`` / ``SamplerCustomAdvanced``. A file in ``ComfyUI/custom_nodes/``::
-
-    import comfy.samplers
-    from derive.integrations import load_module
-    from derive.integrations.kdiffusion import wrap_sampler
-
-    class DeriveSampler:
-        @classmethod
-        def INPUT_TYPES(cls):
-            return {"required": {
-                "module": (["ersde_order3", "ersde_order2_phi_ode", "ersde_order2_phi_sde"],),
-                "s_noise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 100.0, "step": 0.01}),
-                "flow": ("BOOLEAN", {"default": False}),   # True for SD3 / Flux (ComfyUI's CONST sampling)
-            }}
-
-        RETURN_TYPES = ("SAMPLER",)
-        FUNCTION = "get_sampler"
-        CATEGORY = "sampling/custom_sampling/samplers"
-
-        def get_sampler(self, module, s_noise, flow):
-            function = wrap_sampler(load_module(module), s_noise=s_noise, flow=flow)
-            return (comfy.samplers.KSAMPLER(function),)
-
-    NODE_CLASS_MAPPINGS = {"DeriveSampler": DeriveSampler}
-
-ComfyUI passes ``extra_args`` with a ``"seed"``; the default noise is then ``torch.randn`` from a generator
-seeded with it, as ComfyUI's own samplers do. For the ``KSampler`` node's dropdown instead, set the function as
-``comfy.k_diffusion.sampling.sample_<name>`` and append ``<name>`` to ``comfy.samplers.KSampler.SAMPLERS`` (and
-``comfy.samplers.KSAMPLER_NAMES``) before the node list is built. See ``docs/comfyui.md``.
+ComfyUI wraps such functions in ``comfy.samplers.KSAMPLER`` and calls them as
+``sampler(model_k, noise, sigmas, extra_args=..., callback=..., disable=..., **extra_options)``;
+``examples/comfyui_derive/`` is a custom node package that registers generated modules as KSAMPLER entries
+(the ``KSampler`` node's list and a ``SAMPLER`` node for ``SamplerCustom``). See ``docs/comfyui.md``.
 """
 
 from __future__ import annotations
@@ -47,7 +18,7 @@ import math
 
 import torch
 
-from derive.integrations import load_module, module_id, step_table
+from derive.integrations import correction_table, load_module, module_id, step_table
 
 __all__ = ["BrownianTreeNoiseSampler", "default_noise_sampler", "wrap_sampler"]
 
@@ -130,84 +101,130 @@ def default_noise_sampler(x, seed=None):
 
 
 def _module_eta(module):
+    """k-diffusion's eta of a module (its phi(s) = s**(1 + eta)): 0 for phi = s, 1 for phi = s**2, else None."""
     phi = getattr(module, "SPEC", {}).get("phi")
     return {"s": 0.0, "s**2": 1.0}.get(phi)
 
 
+def _check_noise_options(module, eta, s_noise):
+    """eta and s_noise with their k-diffusion meaning for ``module``, or ValueError naming the argument."""
+    phi = getattr(module, "SPEC", {}).get("phi")
+    if eta is not None and (_module_eta(module) is None or float(eta) != _module_eta(module)):
+        raise ValueError(
+            f"eta={eta!r}: {module_id(module)} has fixed stochasticity (phi(s) = {phi}; k-diffusion's eta = 0 is "
+            "phi = s, eta = 1 is phi = s**2); generate a module with another --phi instead of passing eta"
+        )
+    if s_noise is not None and float(s_noise) != 1.0 and phi == "s":
+        raise ValueError(
+            f"s_noise={s_noise!r} would change nothing: {module_id(module)} (phi(s) = s) injects no noise"
+        )
+
+
 def wrap_sampler(module, s_noise=1.0, eta=None, flow=False):
     """A k-diffusion sampler function ``(model, x, sigmas, extra_args=None, callback=None, disable=None,
-    noise_sampler=None)`` running ``module`` (a module object, name or path).
+    eta=None, s_noise=None, noise_sampler=None)`` running ``module`` (a module object, name or path).
 
-    - ``s_noise`` multiplies the injected noise (SDE modules; ODE modules inject none).
-    - ``eta``: accepted for k-diffusion's signature; a module's stochasticity is fixed by its phi when it is
-      generated (``derive gen --phi``), so only None or the module's own value (0 for phi = s, 1 for phi = s^2)
-      is accepted.
+    - ``s_noise`` multiplies the injected noise, as in k-diffusion (SDE modules; an ODE module, phi = s,
+      accepts only 1). A value passed to the returned function (ComfyUI's ``extra_options``) replaces it.
+    - ``eta``: k-diffusion's stochasticity, phi(s) = s**(1 + eta); a module's phi is fixed when it is
+      generated (``derive gen --phi``), so only None or the module's own value (0 for phi = s, 1 for
+      phi = s**2) is accepted, here or at call time.
     - ``flow``: the model is a flow-matching denoiser in ComfyUI's CONST convention (SD3 / Flux): ``sigmas`` are
       times t in [0, 1] and x = (1 - t) x0 + t eps; the steps are then taken in those coordinates (a first
       step from t = 1, pure noise, included). Otherwise x and sigmas are the variance-exploding / normalized
       coordinates of k-diffusion (x = x0 + sigma eps) and the module's own ``sample`` runs.
 
     Without a ``noise_sampler`` the noise is normal, from a generator seeded with ``extra_args["seed"]`` when
-    present (ComfyUI) and from torch's global generator otherwise.
+    present (ComfyUI) and from torch's global generator otherwise. ``disable=False`` shows a per-step progress
+    bar (tqdm, when installed), as k-diffusion's samplers.
     """
     module = load_module(module)
-    own_eta = _module_eta(module)
-    if eta is not None and (own_eta is None or float(eta) != own_eta):
-        raise ValueError(
-            f"{module_id(module)} has fixed stochasticity (phi = {getattr(module, 'SPEC', {}).get('phi')}); "
-            "generate a module with another --phi instead of passing eta"
-        )
+    _check_noise_options(module, eta, s_noise)
+    default_s_noise = 1.0 if s_noise is None else float(s_noise)
 
-    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
+    def sampler(
+        model,
+        x,
+        sigmas,
+        extra_args=None,
+        callback=None,
+        disable=None,
+        eta=None,
+        s_noise=None,
+        noise_sampler=None,
+    ):
+        _check_noise_options(module, eta, s_noise)
+        scale = default_s_noise if s_noise is None else float(s_noise)
         extra_args = {} if extra_args is None else extra_args
         base = (
             noise_sampler if noise_sampler is not None else default_noise_sampler(x, extra_args.get("seed"))
         )
+        if not flow:
+            return module.sample(model, x, sigmas, extra_args, callback, disable, None, scale, base)
 
         def scaled(sigma, sigma_next):
-            return base(sigma, sigma_next) * s_noise
+            return base(sigma, sigma_next) * scale
 
-        if not flow:
-            return module.sample(
-                model,
-                x,
-                sigmas,
-                extra_args=extra_args,
-                callback=callback,
-                disable=disable,
-                noise_sampler=scaled,
-            )
-        return _sample_flow(module, model, x, sigmas, extra_args, callback, scaled)
+        return _sample_flow(module, model, x, sigmas, extra_args, callback, scaled, disable)
 
     sampler.__name__ = f"sample_{module_id(module).rsplit('/', 1)[-1].removesuffix('.py')}"
     sampler.__doc__ = f"k-diffusion sampler over {module_id(module)} (s_noise={s_noise}, flow={flow})."
     return sampler
 
 
+def _progress(total, disable):
+    """A tqdm bar when ``disable`` is False and tqdm is installed, else None."""
+    if disable is not False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total)
+
+
 @torch.no_grad()
-def _sample_flow(module, model, x, sigmas, extra_args, callback, noise):
-    """Steps in flow coordinates (alpha = 1 - t, sigma = t) with a denoiser model(x, t)."""
+def _sample_flow(module, model, x, sigmas, extra_args, callback, noise, disable=None):
+    """Steps in flow coordinates (alpha = 1 - t, sigma = t) with a denoiser model(x, t), corrector included."""
     t = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
     rows = step_table(module, 1.0 - t, t)
+    corrections = correction_table(module, 1.0 - t, t)
+    keep = module.ORDER + (0 if corrections is None else 1)
     values = t.tolist()
     s_in = x.new_ones([x.shape[0]])
     history = []
-    for i, (A, B, C, M, final) in enumerate(rows):
-        denoised = model(x, sigmas[i] * s_in, **extra_args)
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
-        if final:
-            x = denoised
-            continue
-        if module.FORM == "data":
-            history.insert(0, denoised)
-        else:
-            history.insert(0, (x - (1.0 - values[i]) * denoised) / values[i])
-        del history[module.ORDER :]
-        update = x * A
-        for j, weight in enumerate(B):
-            update = update + history[j] * weight
-        if C > 0:
-            update = update + noise(sigmas[i], sigmas[i + 1]) * C
-        x = update
+    last = None
+    bar = _progress(len(rows), disable)
+    try:
+        for i, (A, B, C, M, final) in enumerate(rows):
+            if bar is not None:
+                bar.update()
+            denoised = model(x, sigmas[i] * s_in, **extra_args)
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": sigmas[i], "sigma_hat": sigmas[i], "denoised": denoised})
+            if final:
+                x = denoised
+                continue
+            if module.FORM == "data":
+                history.insert(0, denoised)
+            else:
+                history.insert(0, (x - (1.0 - values[i]) * denoised) / values[i])
+            del history[keep:]
+            if corrections is not None:
+                if i > 0 and corrections[i - 1] is not None:
+                    a_last, a_new, weights = corrections[i - 1]
+                    corrected = last * a_last + x * a_new
+                    for j, weight in enumerate(weights):
+                        corrected = corrected + history[j] * weight
+                    x = corrected
+                last = x
+            update = x * A
+            for j, weight in enumerate(B):
+                update = update + history[j] * weight
+            if C > 0:
+                update = update + noise(sigmas[i], sigmas[i + 1]) * C
+            x = update
+    finally:
+        if bar is not None:
+            bar.close()
     return x

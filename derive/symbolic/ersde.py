@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import sympy as sp
 from sympy.codegen.cfunctions import expm1, log1p
@@ -135,30 +136,32 @@ def series_coefficients(density: sp.Expr, n: int, terms: int, max_ops: int = 400
             if sp.count_ops(derivative) > max_ops:
                 break
             derivative = sp.factor(derivative) if sp.count_ops(derivative) < 60 else derivative
-        coeff = (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
+        coeff = (
+            (-1) ** (n + m) * derivative.subs(s, sigma) / (sp.factorial(n) * sp.factorial(m) * (n + m + 1))
+        )
         out.append(coeff)
     return tuple(out)
 
 
-def closed_form_noise_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr | None:
+def closed_form_noise_weight(step: ERSDEStep, n: int) -> sp.Expr | None:
     """e_n in closed form, or None."""
-    antiderivative = _antiderivative(sp.expand(step.noise_density * (s - sigma) ** n / sp.factorial(n)), timeout)
+    antiderivative = _antiderivative(sp.expand(step.noise_density * (s - sigma) ** n / sp.factorial(n)))
     if antiderivative is None:
         return None
     return sp.factor(antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next))
 
 
-def closed_form_noise_variance(step: ERSDEStep, timeout: float = 2.0) -> sp.Expr | None:
+def closed_form_noise_variance(step: ERSDEStep) -> sp.Expr | None:
     """w = int_{sigma_next}^{sigma} h^2 ds in closed form, or None."""
-    antiderivative = _antiderivative(sp.expand(2 * s * step.noise_fraction), timeout)
+    antiderivative = _antiderivative(sp.expand(2 * s * step.noise_fraction))
     if antiderivative is None:
         return None
     return sp.factor(antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next))
 
 
 @functools.lru_cache(maxsize=256)
-def closed_form_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr | None:
-    """c_n in closed form, or None when SymPy finds no antiderivative (or gives up within ``timeout``).
+def closed_form_weight(step: ERSDEStep, n: int) -> sp.Expr | None:
+    """c_n in closed form, or None when SymPy finds no antiderivative (or proves there is none).
 
     Uses the integration-by-parts form, which needs only antiderivatives of (s - sigma)^k / phi:
 
@@ -169,59 +172,48 @@ def closed_form_weight(step: ERSDEStep, n: int, timeout: float = 2.0) -> sp.Expr
         # factored, so that a factor (sigma - sigma_next) appears explicitly where it can
         return sp.factor(sp.together(1 - step.ratio))
     integrand = sp.expand((s - sigma) ** (n - 1)) / step.phi
-    antiderivative = _antiderivative(sp.expand(integrand), timeout)
+    antiderivative = _antiderivative(sp.expand(integrand))
     if antiderivative is None:
         return None
     definite = antiderivative.subs(s, sigma) - antiderivative.subs(s, sigma_next)
     return sp.expand((sigma_next - sigma) ** n / sp.factorial(n)) + phi_next * definite / sp.factorial(n - 1)
 
 
-def _antiderivative(expr: sp.Expr, timeout: float) -> sp.Expr | None:
-    """Antiderivative in s by SymPy, or None if it returns an unevaluated integral or runs out of time."""
-    import signal
-    import threading
+def _antiderivative(expr: sp.Expr) -> sp.Expr | None:
+    """Antiderivative in s by SymPy's Risch algorithm, or None where it finds none.
 
-    class _Timeout(Exception):
-        pass
-
-    fired = []
-
-    def _raise(signum, frame):  # pragma: no cover - only on timeout
-        fired.append(True)
-        raise _Timeout
-
-    import time
-
-    from derive import cache
-
-    key = (sp.srepr(expr), repr(timeout), sp.__version__)
-    if cache.load("no-antiderivative", key) is True:
-        return None
-    use_alarm = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
-    if use_alarm:
-        outer, _ = signal.getitimer(signal.ITIMER_VIRTUAL)  # an enclosing time limit keeps running
-        if outer and outer < timeout:
-            use_alarm = False  # let the enclosing limit fire
-        else:
-            previous = signal.signal(signal.SIGVTALRM, _raise)
-            started = time.monotonic()
-            signal.setitimer(signal.ITIMER_VIRTUAL, timeout)
+    Only deterministic algorithms decide: the Risch algorithm either returns an elementary antiderivative,
+    proves there is none (a NonElementaryIntegral) or declines (an unevaluated Integral or
+    NotImplementedError; the algebraic case). Rational powers s^(p/q) are first removed by s = u^L, L the
+    least common denominator, so the default phi's s^(3/10) reaches the transcendental Risch algorithm.
+    No time limit decides anything here: the answer, and so the generated text, is the same on any machine
+    (a derivation that runs too long is refused as a whole, see ``derive_spec``).
+    """
+    expr = sp.expand(expr)
+    denominators = sorted(
+        {p.exp.q for p in expr.atoms(sp.Pow) if p.base == s and isinstance(p.exp, sp.Rational)}
+    )
+    scale = math.lcm(*denominators) if denominators else 1
+    variable = _substitution_variable
+    if scale > 1:
+        integrand = sp.expand(
+            sp.powsimp(expr.subs(s, variable**scale) * scale * variable ** (scale - 1), force=True)
+        )
+    else:
+        integrand, variable = expr, s
     try:
-        result = sp.integrate(expr, s)
-    except _Timeout:
-        cache.store("no-antiderivative", key, True)
+        result = sp.integrate(integrand, variable, risch=True)
+    except NotImplementedError:
         return None
-    finally:
-        if use_alarm:
-            signal.setitimer(signal.ITIMER_VIRTUAL, 0)
-            signal.signal(signal.SIGVTALRM, previous)
-            if outer:
-                signal.setitimer(signal.ITIMER_VIRTUAL, max(outer - (time.monotonic() - started), 1e-3))
-    # a timeout raised inside a callback that swallows exceptions (a gc callback, say) still counts
-    if fired or result.has(sp.Integral):
-        cache.store("no-antiderivative", key, True)
+    if result.has(sp.Integral):  # includes NonElementaryIntegral: proved to have no elementary antiderivative
         return None
+    if scale > 1:
+        result = sp.powsimp(result.subs(variable, s ** sp.Rational(1, scale)), force=True)
     return result
+
+
+#: u with s = u^L in :func:`_antiderivative`
+_substitution_variable = sp.Symbol("u_subst", positive=True)
 
 
 @functools.lru_cache(maxsize=64)

@@ -217,7 +217,7 @@ def _check_marginal(schedule: Schedule, mean_reverting: bool) -> None:
             raise DerivationError(f"family {schedule.name}: {name} fails: {sp.simplify(residual)}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def derive_family(name: str, schedule_name: str | None = None) -> FamilyDerivation:
     family = FAMILIES[name]
     schedule = family.schedule(schedule_name)
@@ -263,7 +263,7 @@ class FamilyUpdate:
     text: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_update(form: str, mean_reverting: bool) -> FamilyUpdate:
     r"""Substitute y = (x - mu)/alpha into y' = r y + sum_j w_j P_j + std z and collect.
 
@@ -280,7 +280,11 @@ def family_update(form: str, mean_reverting: bool) -> FamilyUpdate:
     A = sp.simplify(x_next.coeff(xs))
     B = sp.simplify(x_next.coeff(p) / weight_sum)
     C = sp.simplify(x_next.coeff(z))
-    M = sp.simplify((x_next - A * xs - B * weight_sum * p - C * z).coeff(mu)) if mean_reverting else sp.Integer(0)
+    M = (
+        sp.simplify((x_next - A * xs - B * weight_sum * p - C * z).coeff(mu))
+        if mean_reverting
+        else sp.Integer(0)
+    )
     rebuilt = A * xs + B * weight_sum * p + C * z + M * m
     if sp.simplify(rebuilt - x_next) != 0:
         raise ArithmeticError("family update does not reproduce the normalized update")

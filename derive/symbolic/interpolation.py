@@ -38,13 +38,13 @@ def _lagrange_derivatives(nodes: tuple[sp.Expr, ...]) -> tuple[tuple[sp.Expr, ..
     return tuple(tuple(row) for row in rows)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
     """The matrix D (k x k): row n gives the n-th derivative at s_i from the outputs at s_i, s_{i-1}, ...."""
     return _lagrange_derivatives((sp.Integer(0), *offset_symbols(k)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lagrange_basis(k: int) -> tuple[sp.Expr, ...]:
     r"""The Lagrange basis :math:`\ell_j(x)` (j < k) on the nodes 0, delta_1, ..., delta_{k-1}, in x = u - u_i.
 
@@ -53,7 +53,8 @@ def lagrange_basis(k: int) -> tuple[sp.Expr, ...]:
     """
     nodes = (sp.Integer(0), *offset_symbols(k))
     return tuple(
-        sp.sympify(sp.prod([(x - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j])) for j in range(k)
+        sp.sympify(sp.prod([(x - nodes[m]) / (nodes[j] - nodes[m]) for m in range(k) if m != j]))
+        for j in range(k)
     )
 
 
@@ -61,7 +62,7 @@ def lagrange_basis(k: int) -> tuple[sp.Expr, ...]:
 next_offset = sp.Symbol("delta_next", real=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def corrector_derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
     r"""The matrix D' ((k+1) x (k+1)) of the corrector: derivatives at u_i of the polynomial through k + 1 outputs.
 
@@ -72,7 +73,7 @@ def corrector_derivative_weights(k: int) -> tuple[tuple[sp.Expr, ...], ...]:
     return _lagrange_derivatives((next_offset, sp.Integer(0), *offset_symbols(k)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def adams_bashforth_lebesgue(k: int) -> sp.Rational:
     r"""The error-amplification (Lebesgue) constant of the k-step Adams-Bashforth quadrature on equal steps.
 

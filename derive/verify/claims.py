@@ -42,7 +42,10 @@ def measure(settings: harness.Settings, keys=None) -> list[dict]:
         report = harness.verify_module(module, settings, name=variant.name)
         if variant.derived not in derived_reports:
             derived, command = _derived_module(variant)
-            derived_reports[variant.derived] = (harness.verify_module(derived, settings, name=variant.derived), command)
+            derived_reports[variant.derived] = (
+                harness.verify_module(derived, settings, name=variant.derived),
+                command,
+            )
         rows.append(
             {
                 "variant": variant,
@@ -108,7 +111,9 @@ def write_plot(path: pathlib.Path, rows: list[dict]) -> None:
 
     cols = 5
     n = len(rows)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(n / cols)), squeeze=False)
+    fig, axes = plt.subplots(
+        math.ceil(n / cols), cols, figsize=(3.6 * cols, 2.8 * math.ceil(n / cols)), squeeze=False
+    )
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     for ax, row in zip(axes.flat, rows):
@@ -157,9 +162,25 @@ def report_json(rows: list[dict], settings: harness.Settings) -> dict:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--coarse", is_flag=True, help="Three halvings (the CI setting) instead of five.")
 @click.option("--variant", "keys", multiple=True, help="Only these variants (repeatable).")
-@click.option("--doc", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None, help="Markdown file whose table block is replaced.")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None, help="PNG of the convergence studies.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=pathlib.Path), default=None, help="Every number as JSON.")
+@click.option(
+    "--doc",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Markdown file whose table block is replaced.",
+)
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="PNG of the convergence studies.",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=pathlib.Path),
+    default=None,
+    help="Every number as JSON.",
+)
 def main(coarse, keys, doc, plot, json_path) -> None:
     """Measure every published sampler and its derived counterpart; print (and write) the claims table."""
     settings = harness.Settings.coarse() if coarse else harness.Settings()

@@ -52,7 +52,12 @@ def _families() -> tuple[str, ...]:
 @click.option("--schedule", "family_schedule", default=None, help="Noise schedule of a process-family spec.")
 @click.option("--variable", default=None, help="Expansion variable of the spec (s or lambda).")
 @click.option("--module", "modules", multiple=True, help="A checked-in module by name (repeatable).")
-@click.option("--all", "all_", is_flag=True, help="Every catalogue module in generated/MANIFEST.json (not the variants).")
+@click.option(
+    "--all",
+    "all_",
+    is_flag=True,
+    help="Every catalogue module in generated/MANIFEST.json (not the variants).",
+)
 @click.option(
     "--variant",
     "variants",
@@ -161,10 +166,23 @@ def _reject_with_variant(ctx: click.Context) -> None:
     """A variant names its module: options that describe another target conflict with it."""
     from derive.cli import given_options
 
-    targets = ("family", "order", "phi", "method", "dynamics", "prediction", "family_schedule", "variable", "modules", "all_")
+    targets = (
+        "family",
+        "order",
+        "phi",
+        "method",
+        "dynamics",
+        "prediction",
+        "family_schedule",
+        "variable",
+        "modules",
+        "all_",
+    )
     given = given_options(ctx, targets)
     if given:
-        raise SpecError(f"--variant names the module to verify; it cannot be combined with {', '.join(given)}")
+        raise SpecError(
+            f"--variant names the module to verify; it cannot be combined with {', '.join(given)}"
+        )
 
 
 def _variant_target(key: str):
