@@ -42,7 +42,9 @@ def _check_args(nfe, sigma_max, sigma_min) -> tuple[int, float, float]:
     except (TypeError, ValueError):
         raise TypeError("sigma_max and sigma_min must be numbers") from None
     if not (0 < sigma_min < sigma_max < math.inf):
-        raise ValueError(f"need 0 < sigma_min < sigma_max < inf (got sigma_max={sigma_max}, sigma_min={sigma_min})")
+        raise ValueError(
+            f"need 0 < sigma_min < sigma_max < inf (got sigma_max={sigma_max}, sigma_min={sigma_min})"
+        )
     return int(nfe), sigma_max, sigma_min
 
 
@@ -52,31 +54,41 @@ def _finish(s: torch.Tensor, sigma_max: float, sigma_min: float) -> torch.Tensor
     out[0], out[-1] = sigma_max, sigma_min
     values = out.tolist()
     for i in range(1, len(values) - 1):
-        values[i] = min(max(values[i], math.nextafter(values[-1], math.inf)), math.nextafter(values[i - 1], 0.0))
+        values[i] = min(
+            max(values[i], math.nextafter(values[-1], math.inf)), math.nextafter(values[i - 1], 0.0)
+        )
     out = torch.tensor(values, dtype=torch.float64)
     if not bool((out[1:] < out[:-1]).all()):
         raise ValueError("could not build a strictly decreasing schedule (nfe too large for this range?)")
     return out
 
 
-def _drops(module, s: torch.Tensor) -> bool:
-    """True if the module would use fewer stored outputs than min(i + 1, K) on some step of ``s``."""
+def _lengths(module, s: torch.Tensor) -> list[int]:
+    """The stored outputs each step of ``s`` uses in ``module`` (its coefficient table decides)."""
     _, _, weights, _ = module.coefficient_table(s)
-    return any(len(w) < min(i + 1, module.ORDER) for i, w in enumerate(weights))
+    return [len(w) for w in weights]
 
 
-def _schedule(module, profile: Profile, nfe: int, sigma_max: float, sigma_min: float) -> tuple[torch.Tensor, dict]:
+#: the step-ratio limits tried (the best predicted error among schedules the module runs at full order wins)
+STEP_RATIO_LIMITS = (4.0, 2.5, 1.75, 1.375, 1.2)
+
+
+def _schedule(
+    module, profile: Profile, nfe: int, sigma_max: float, sigma_min: float
+) -> tuple[torch.Tensor, dict]:
     phi, form, variable, method = module_error_spec(module)
     model = ErrorModel(phi, form, variable, method, int(module.ORDER), profile)
-    ratio = 4.0
-    for _ in range(4):
+    best = None
+    for ratio in STEP_RATIO_LIMITS:
         s, info = optimise(model, nfe, sigma_max, sigma_min, max_ratio=ratio)
         s = _finish(s, sigma_max, sigma_min)
-        if not _drops(module, s):
-            break
-        ratio = 1.0 + (ratio - 1.0) / 2
-    info["max_step_ratio"] = ratio
-    return s, info
+        info["max_step_ratio"] = ratio
+        with torch.no_grad():  # judged with the history the module really uses on these levels
+            info["predicted_error"] = float(model.predict(s, _lengths(module, s)))
+        candidate = (info["predicted_error"], ratio, s, info)
+        if best is None or candidate[0] < best[0]:
+            best = candidate
+    return best[2], best[3]
 
 
 def _max_order(module) -> int:
@@ -122,8 +134,9 @@ PILOT_STEPS = 200
 PROJECTIONS = 2
 
 
-def pilot_profile(module, model, x_pilot, sigma_max: float, sigma_min: float, *, steps: int = PILOT_STEPS,
-                  extra_args=None) -> tuple[Profile, dict]:
+def pilot_profile(
+    module, model, x_pilot, sigma_max: float, sigma_min: float, *, steps: int = PILOT_STEPS, extra_args=None
+) -> tuple[Profile, dict]:
     """Run ``model`` on a fine log-uniform schedule and measure the profile (one-time cost, returned).
 
     The batch is ``x_pilot`` and a copy perturbed by 1e-4 of its RMS, run together (one model call per level
@@ -161,7 +174,12 @@ def pilot_profile(module, model, x_pilot, sigma_max: float, sigma_min: float, *,
     ys = [seen[i][0] for i in range(steps)] + [final.detach().double().cpu()]
     x0s = [seen[i][1] for i in range(steps)]
     # the prediction at the last level, from the module's own model call convention
-    x0s.append(model(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {})).detach().double().cpu())
+    x0s.append(
+        model(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {}))
+        .detach()
+        .double()
+        .cpu()
+    )
     calls += 1
     ys, x0s = torch.stack(ys), torch.stack(x0s)
     q = x0s if form == "data" else (ys - x0s) / fine[:, None].reshape(-1, *([1] * (ys.ndim - 1)))
@@ -225,7 +243,9 @@ def tune(
         if not isinstance(stored, dict) or stored.get("key") != key:
             stored = None
     if stored is None:
-        profile, cost = pilot_profile(module, model, x_pilot, sigma_max, sigma_min, steps=pilot_steps, extra_args=extra_args)
+        profile, cost = pilot_profile(
+            module, model, x_pilot, sigma_max, sigma_min, steps=pilot_steps, extra_args=extra_args
+        )
         stored = {"key": key, "pilot": cost, "profile": profile.as_dict(), "schedules": {}}
         cached = False
     else:

@@ -125,10 +125,14 @@ def kernel(phi_text: str, form: str, variable: str, k: int, corrector: bool = Fa
         symbols = (next_offset, *history)
     x = _x_of_v(variable)
     product = sp.Mul(*[x - node for node in nodes])
-    return Kernel(k=k, corrector=corrector, prefactor=q0.prefactor, integrand=q0.integrand * product, symbols=symbols)
+    return Kernel(
+        k=k, corrector=corrector, prefactor=q0.prefactor, integrand=q0.integrand * product, symbols=symbols
+    )
 
 
-def kernel_check(phi_text: str, form: str, variable: str, k: int, corrector: bool, offsets, h: float) -> tuple[float, float]:
+def kernel_check(
+    phi_text: str, form: str, variable: str, k: int, corrector: bool, offsets, h: float
+) -> tuple[float, float]:
     """(kappa at 50 digits, -residual of derive.checks.order_conditions), at s_i = 1, s_{i+1} = 1 - h.
 
     ``offsets`` are u_{i-j} - u_i (j = 1 .. k-1), as order_conditions takes them. Equal to ~45 digits when the
@@ -164,10 +168,19 @@ def module_error_spec(module) -> tuple[str, str, str, str]:
     if not isinstance(spec, dict) or "coefficient_table" not in dir(module):
         raise ValueError("module is not a generated sampler module (no SPEC / coefficient_table)")
     if getattr(module, "FAMILY", spec.get("family")) != "ersde" and not hasattr(module, "noise_scale_fn"):
-        raise ValueError(f"module {spec} has no normalized-coordinate sample(); schedules need an ersde module")
+        raise ValueError(
+            f"module {spec} has no normalized-coordinate sample(); schedules need an ersde module"
+        )
     if "variant" in spec or hasattr(module, "CLAIMED_ORDER"):
-        raise ValueError("published-sampler variants have no derived error kernel; use a catalogue ersde module")
+        raise ValueError(
+            "published-sampler variants have no derived error kernel; use a catalogue ersde module"
+        )
     phi = spec.get("phi", "s")
     if spec.get("family", "ersde") != "ersde":
         phi = {"ode": "s", "sde": "s**2"}.get(spec.get("dynamics"), phi)
-    return str(phi), str(module.FORM), str(spec.get("variable", "s")), str(getattr(module, "METHOD", "taylor"))
+    return (
+        str(phi),
+        str(module.FORM),
+        str(spec.get("variable", "s")),
+        str(getattr(module, "METHOD", "taylor")),
+    )

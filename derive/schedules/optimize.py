@@ -45,37 +45,35 @@ class ErrorModel:
         """u(b) - u(a) in the expansion variable."""
         return b - a if self.variable == "s" else -(torch.log(b) - torch.log(a))
 
-    def step_errors(self, s: torch.Tensor) -> torch.Tensor:
-        """Per member and step: the signed contribution P_{m,p_i}(s_i) kappa_i, shape (members, N)."""
+    def step_errors(self, s: torch.Tensor, lengths=None) -> torch.Tensor:
+        """Per member and step: the signed contribution P_{m,p_i}(s_i) kappa_i, shape (members, N).
+
+        ``lengths``: the stored outputs each step uses (default min(i + 1, K); pass the module's own, from its
+        coefficient table, to account for the outputs it drops on abruptly growing steps)."""
         n = len(s) - 1
         K = self.order
-        pieces = []
-        i = 0
-        while i < n:
-            k = min(i + 1, K)
-            stop = i + 1 if k < K else n  # the start, one step per history length; then all at once
-            index = torch.arange(i, stop)
+        if lengths is None:
+            lengths = [min(i + 1, K) for i in range(n)]
+        lengths = torch.tensor(list(lengths))
+        members = len(self.profile.weights)
+        errors = torch.zeros(members, n, dtype=torch.float64)
+        for k in sorted(set(lengths.tolist())):
+            index = torch.nonzero(lengths == k).reshape(-1)
             s_from, s_to = s[index], s[index + 1]
             offsets = [self._offset(s_from, s[index - j]) for j in range(1, k)]
+            kp = kernel(self.phi, self.form, self.variable, k, False)(s_from, s_to, offsets)
+            part = self.profile(k, s_from) * kp[None]
             if self.corrector:
-                corrected = index < n - 1
-                errors = torch.empty(len(index), dtype=torch.float64)
                 new = self._offset(s_from, s_to)
                 kc = kernel(self.phi, self.form, self.variable, k, True)(s_from, s_to, [new, *offsets])
-                kp = kernel(self.phi, self.form, self.variable, k, False)(s_from, s_to, offsets)
-                pc = self.profile(k + 1, s_from) * kc[None]
-                pp = self.profile(k, s_from) * kp[None]
-                errors = torch.where(corrected[None], pc, pp)
-            else:
-                kp = kernel(self.phi, self.form, self.variable, k, False)(s_from, s_to, offsets)
-                errors = self.profile(k, s_from) * kp[None]
-            pieces.append(errors)
-            i = stop
-        return torch.cat(pieces, dim=1)
+                corrected = (index < n - 1)[None]
+                part = torch.where(corrected, self.profile(k + 1, s_from) * kc[None], part)
+            errors = errors.index_put((torch.arange(members)[:, None], index[None, :]), part)
+        return errors
 
-    def predict(self, s: torch.Tensor) -> torch.Tensor:
+    def predict(self, s: torch.Tensor, lengths=None) -> torch.Tensor:
         """The predicted (pooled RMS) error of the schedule ``s``."""
-        contributions = self.step_errors(s)
+        contributions = self.step_errors(s, lengths)
         beta = self.profile.bound_weight
         per_member = (1 - beta) * contributions.sum(dim=1).abs() + beta * contributions.abs().sum(dim=1)
         w = torch.tensor(self.profile.weights, dtype=torch.float64)
@@ -88,7 +86,9 @@ class ErrorModel:
 def _levels(theta: torch.Tensor, log_max: float, log_min: float) -> torch.Tensor:
     steps = torch.softmax(theta, 0) * (log_max - log_min)
     inner = log_max - torch.cumsum(steps, 0)[:-1]
-    log_s = torch.cat([torch.tensor([log_max], dtype=torch.float64), inner, torch.tensor([log_min], dtype=torch.float64)])
+    log_s = torch.cat(
+        [torch.tensor([log_max], dtype=torch.float64), inner, torch.tensor([log_min], dtype=torch.float64)]
+    )
     return torch.exp(log_s)
 
 
@@ -103,11 +103,32 @@ def equidistributed(model: ErrorModel, nfe: int, sigma_max: float, sigma_min: fl
     # error per step ~ P h_lambda^(p+1) |s-factor|: in u = s the kernel carries s^(p+1), folded in here
     scale = torch.exp(grid) ** (p + 1) if model.variable == "s" else torch.ones_like(grid)
     density = (pooled * scale + 1e-300) ** (1.0 / (p + 1))
-    cumulative = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (density[1:] + density[:-1]), 0)])
+    cumulative = torch.cat(
+        [torch.zeros(1, dtype=torch.float64), torch.cumsum(0.5 * (density[1:] + density[:-1]), 0)]
+    )
     cumulative = (cumulative / cumulative[-1]).numpy()
     targets = np.linspace(0.0, 1.0, nfe + 1)
     log_s = np.interp(targets, cumulative, grid.numpy())
     return np.exp(log_s)
+
+
+#: the graded start of the initial guess: step j < K - 1 of the start is this factor per missing order shorter
+#: than the regular step there (the optimiser then sizes it; this only keeps the first iterate sensible)
+START_GRADING = 1.5
+
+
+def graded(model: ErrorModel, nfe: int, sigma_max: float, sigma_min: float) -> np.ndarray:
+    """The equidistributed levels with the first K - 1 steps shortened geometrically (the initial guess)."""
+    s = equidistributed(model, nfe, sigma_max, sigma_min)
+    steps = -np.diff(np.log(s))
+    start = min(model.order - 1, nfe - 1)
+    factors = np.ones(nfe)
+    factors[:start] = START_GRADING ** -np.arange(start, 0, -1, dtype=np.float64)
+    steps = steps * factors
+    steps *= math.log(sigma_max / sigma_min) / steps.sum()
+    out = np.exp(math.log(sigma_max) - np.concatenate([[0.0], np.cumsum(steps)]))
+    out[0], out[-1] = sigma_max, sigma_min
+    return out
 
 
 def optimise(
@@ -122,7 +143,7 @@ def optimise(
 ) -> tuple[torch.Tensor, dict]:
     """Minimise the predicted error over the N - 1 inner levels; returns (levels, info)."""
     log_max, log_min = math.log(sigma_max), math.log(sigma_min)
-    s0 = equidistributed(model, nfe, sigma_max, sigma_min) if start is None else np.asarray(start)
+    s0 = graded(model, nfe, sigma_max, sigma_min) if start is None else np.asarray(start)
     steps0 = -np.diff(np.log(s0))
     theta = torch.tensor(np.log(np.maximum(steps0, 1e-12)), dtype=torch.float64, requires_grad=True)
     limit = math.log(max_ratio)
@@ -139,11 +160,15 @@ def optimise(
     with torch.no_grad():
         initial = float(model.predict(_levels(theta, log_max, log_min)))
     if nfe > 1:
-        opt = torch.optim.LBFGS([theta], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe", tolerance_change=1e-12)
+        opt = torch.optim.LBFGS(
+            [theta], lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe", tolerance_change=1e-12
+        )
 
         def closure():
             opt.zero_grad()
             value = objective()
+            if not torch.isfinite(value):  # a line-search probe beyond the kernels' range: reject it
+                return torch.tensor(math.inf, dtype=torch.float64)
             value.backward()
             return value
 

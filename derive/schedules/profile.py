@@ -104,7 +104,7 @@ def _interp(x: torch.Tensor, grid: torch.Tensor, table: torch.Tensor) -> torch.T
 #: The data-free proxy: Gaussian data at these multiples of sigma_data, equally weighted. The spread covers the
 #: structure of mixtures (components narrower than the data's overall scale by up to ~30x); see the docs page
 #: on schedules for how it was chosen.
-PROXY_SCALES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+PROXY_SCALES = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0, 2.0, 4.0, 8.0)
 
 
 def gaussian_proxy(
@@ -134,7 +134,9 @@ def derivative_tables(log_s: np.ndarray, values: np.ndarray, variable: str, max_
     return np.stack(out)
 
 
-def measured(log_s, derivatives, growth, max_order: int, form: str, variable: str, sigma_min: float) -> Profile:
+def measured(
+    log_s, derivatives, growth, max_order: int, form: str, variable: str, sigma_min: float
+) -> Profile:
     """A profile from pilot tables: ``derivatives`` (max_order, grid, members), ``growth`` (grid, members).
 
     Each member (a pilot point seen along one projection) keeps its sign: the error it predicts is the signed
@@ -153,7 +155,10 @@ def measured(log_s, derivatives, growth, max_order: int, form: str, variable: st
         form,
         variable,
         tuple(float(x) for x in log_s[order]),
-        tuple(tuple(tuple(float(f"{x:.6g}") for x in table[k, order, m]) for k in range(max_order)) for m in range(members)),
+        tuple(
+            tuple(tuple(float(f"{x:.6g}") for x in table[k, order, m]) for k in range(max_order))
+            for m in range(members)
+        ),
         MEASURED_BOUND_WEIGHT,
     )
 
