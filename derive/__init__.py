@@ -4,10 +4,12 @@ SymPy derives the exact (exponential-integrator) solution of the reverse-time dy
 coefficients of any order; the emitter prints them into standalone torch modules under ``generated/``.
 """
 
+from derive import schedules
 from derive.api import generate, generate_all
 from derive.errors import DeriveError
 from derive.loader import load
+from derive.recommend import recommend
 from derive.spec import CATALOGUE, Spec
 
-__all__ = ["CATALOGUE", "DeriveError", "Spec", "generate", "generate_all", "load"]
+__all__ = ["CATALOGUE", "DeriveError", "Spec", "generate", "generate_all", "load", "recommend", "schedules"]
 __version__ = "0.1.0"

@@ -108,7 +108,7 @@ def _phi_expr(phi_text: str) -> sp.Expr:
     return parse_expression(phi_text)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel(phi_text: str, form: str, variable: str, k: int, corrector: bool = False) -> Kernel:
     """The SymPy kernel of a step with ``k`` stored outputs (plus the new one for the corrector)."""
     from derive.coefficients import weight_quantity

@@ -32,7 +32,7 @@ _s = sp.Symbol("s", positive=True)
 _tau = sp.Symbol("tau", positive=True)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _gaussian_derivative(form: str, variable: str, k: int):
     r"""torch function (s, tau) -> |d^k q / du^k| / k! for the Gaussian proxy (SymPy derivative)."""
     q = _tau**2 / sp.sqrt(_tau**2 + _s**2) if form == "data" else _s / sp.sqrt(_tau**2 + _s**2)
