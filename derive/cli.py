@@ -32,7 +32,11 @@ def _fail(error: DeriveError) -> None:
 
 #: subcommands defined in their own modules, imported only when used (``verify`` needs torch and scipy,
 #: which ``gen`` does not): name -> (module, attribute)
-_LAZY = {"verify": ("derive.verify.command", "verify"), "explain": ("derive.explain.command", "explain")}
+_LAZY = {
+    "verify": ("derive.verify.command", "verify"),
+    "explain": ("derive.explain.command", "explain"),
+    "schedule": ("derive.schedules.command", "schedule"),
+}
 
 
 class _Group(click.Group):
