@@ -215,3 +215,62 @@ def test_as_used_order_with_derived_schedule(order):
         errors.append(float(np.sqrt(np.mean((y - ref) ** 2))))
     fit = fit_order([1.0 / n for n in steps], errors)
     assert abs(fit.order - order) <= 0.2, (fit, errors)
+
+
+# --------------------------------------------------------------------------------------------------
+# handing a schedule to the integrations and the CLI
+# --------------------------------------------------------------------------------------------------
+
+
+def test_diffusers_scheduler_runs_exactly_the_given_levels():
+    from derive.integrations.diffusers import DeriveScheduler
+
+    mod = derive.load("ersde_order3_phi_ode")
+    s = derive.schedules.default(mod, nfe=6, sigma_max=14.0, sigma_min=0.03)
+    sched = DeriveScheduler(module="ersde_order3_phi_ode", prediction_type="sample")
+    sched.set_sigmas(s)
+    assert len(sched.timesteps) == 6
+    data = GaussianData(np.array([0.4, -0.3]), np.array([0.09, 0.5]))
+    y0 = 14.0 * torch.randn(5, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = y0 / math.sqrt(1 + 14.0**2)  # VP coordinates
+    calls = 0
+    for i, t in enumerate(sched.timesteps):
+        level = float(s[i])
+        x0 = data.denoiser_torch(x * math.sqrt(1 + level**2), level)
+        calls += 1
+        x = sched.step(x0, t, x).prev_sample
+    y = x * math.sqrt(1 + 0.03**2)
+    want = mod.sample(data.denoiser_torch, y0, s)
+    assert calls == 6
+    torch.testing.assert_close(y, want, rtol=1e-9, atol=1e-9)
+
+
+def test_wrap_sampler_default_schedule_keeps_range_and_calls():
+    from derive.integrations.kdiffusion import wrap_sampler
+
+    sampler = wrap_sampler("ersde_order2_phi_ode", schedule="default")
+    model = Counted(GaussianData(np.array([0.1]), np.array([0.04])))
+    x = 10.0 * torch.randn(3, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sigmas = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.05, 0.0], dtype=torch.float64)
+    out = sampler(model, x, sigmas)
+    assert model.calls == 5 and bool(torch.isfinite(out).all())
+    mod = derive.load("ersde_order2_phi_ode")
+    s = derive.schedules.default(mod, nfe=4, sigma_max=10.0, sigma_min=0.05)
+    want = mod.sample(model, x, torch.cat([s, s.new_zeros(1)]))
+    torch.testing.assert_close(out, want)
+    with pytest.raises(ValueError, match="schedule"):
+        wrap_sampler("ersde_order2_phi_ode", schedule="karras")
+
+
+def test_cli_schedule_json():
+    from click.testing import CliRunner
+
+    from derive.cli import main
+
+    result = CliRunner().invoke(main, ["schedule", "--module", "ersde_order2_phi_ode", "--nfe", "4"])
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["module"] == "ersde_order2_phi_ode" and len(out["sigmas"]) == 5
+    assert out["sigmas"][0] == 80.0 and out["sigmas"][-1] == 0.002
+    bad = CliRunner().invoke(main, ["schedule", "--module", "ersde_order2_phi_ode", "--nfe", "0"])
+    assert bad.exit_code == 2 and "nfe" in bad.output and "Traceback" not in bad.output
