@@ -36,6 +36,7 @@ _LAZY = {
     "verify": ("derive.verify.command", "verify"),
     "explain": ("derive.explain.command", "explain"),
     "compare": ("derive.verify.blackbox_command", "compare"),
+    "schedule": ("derive.schedules.command", "schedule"),
 }
 
 

@@ -653,6 +653,40 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
             caps[n - 1] = 1
         return {i: k for i, k in caps.items() if 0 <= i < n and k < self.module.ORDER}
 
+    def set_sigmas(self, sigmas, device=None):
+        """Exactly these normalized noise levels ``sigma_t / alpha_t`` (decreasing, e.g. a schedule from
+        :func:`derive.schedules.default` or :func:`derive.schedules.tune`): ``len(sigmas) - 1`` model calls, the
+        last step ending at ``sigmas[-1]`` (no point is appended, unlike ``set_timesteps(sigmas=...)``).
+
+        The model's timesteps are the nearest training timesteps (as for ``set_timesteps(sigmas=...)``); the
+        coefficients use the levels themselves. Variance-preserving configurations only.
+        """
+        if self.flow:
+            raise ValueError(
+                "set_sigmas takes normalized VP noise levels; a flow configuration uses set_timesteps"
+            )
+        s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1).numpy()
+        if (
+            len(s) < 2
+            or not np.all(np.isfinite(s))
+            or not np.all(s[1:] < s[:-1])
+            or not s[-2] > 0
+            or s[-1] < 0
+        ):
+            raise ValueError(
+                "sigmas must be finite, strictly decreasing, at least two, positive but the last"
+            )
+        log_table = np.log(self._vp_sigma_table())
+        t = np.array([_sigma_to_t(v, log_table) for v in s[:-1]]).round().astype(np.int64)
+        self.sigmas = torch.from_numpy(s.astype(np.float32))
+        self.alpha_t = [float(v) for v in 1 / np.sqrt(1 + s**2)]
+        self.sigma_t = [float(v) for v in s / np.sqrt(1 + s**2)]
+        self.timesteps = torch.from_numpy(t).to(device)
+        self.num_inference_steps = len(t)
+        self._build_tables(0)
+        self._step_index = None
+        self._begin_index = None
+
     def _build_tables(self, offset: int):
         """The step table (and corrections) of the schedule from point ``offset`` on; resets the history."""
         alpha, sigma = self.alpha_t[offset:], self.sigma_t[offset:]

@@ -120,7 +120,7 @@ def _check_noise_options(module, eta, s_noise):
         )
 
 
-def wrap_sampler(module, s_noise=1.0, eta=None, flow=False):
+def wrap_sampler(module, s_noise=1.0, eta=None, flow=False, schedule=None):
     """A k-diffusion sampler function ``(model, x, sigmas, extra_args=None, callback=None, disable=None,
     eta=None, s_noise=None, noise_sampler=None)`` running ``module`` (a module object, name or path).
 
@@ -134,12 +134,21 @@ def wrap_sampler(module, s_noise=1.0, eta=None, flow=False):
       step from t = 1, pure noise, included). Otherwise x and sigmas are the variance-exploding / normalized
       coordinates of k-diffusion (x = x0 + sigma eps) and the module's own ``sample`` runs.
 
+    - ``schedule="default"`` replaces the caller's ``sigmas`` by the module's derived schedule
+      (:func:`derive.schedules.default`) over the same range and with the same number of model calls (a trailing
+      0 is kept: the derived levels then end at the last positive sigma). ``None`` runs the caller's sigmas; a
+      schedule from :func:`derive.schedules.tune` is simply passed as ``sigmas``. Not with ``flow``.
+
     Without a ``noise_sampler`` the noise is normal, from a generator seeded with ``extra_args["seed"]`` when
     present (ComfyUI) and from torch's global generator otherwise. ``disable=False`` shows a per-step progress
     bar (tqdm, when installed), as k-diffusion's samplers.
     """
     module = load_module(module)
     _check_noise_options(module, eta, s_noise)
+    if schedule not in (None, "default"):
+        raise ValueError(f"schedule must be None or 'default' (got {schedule!r})")
+    if schedule is not None and flow:
+        raise ValueError("schedule='default' takes normalized sigmas; it does not apply with flow=True")
     default_s_noise = 1.0 if s_noise is None else float(s_noise)
 
     def sampler(
@@ -159,6 +168,8 @@ def wrap_sampler(module, s_noise=1.0, eta=None, flow=False):
         base = (
             noise_sampler if noise_sampler is not None else default_noise_sampler(x, extra_args.get("seed"))
         )
+        if schedule == "default":
+            sigmas = _derived_sigmas(module, sigmas)
         if not flow:
             return module.sample(model, x, sigmas, extra_args, callback, disable, None, scale, base)
 
@@ -170,6 +181,17 @@ def wrap_sampler(module, s_noise=1.0, eta=None, flow=False):
     sampler.__name__ = f"sample_{module_id(module).rsplit('/', 1)[-1].removesuffix('.py')}"
     sampler.__doc__ = f"k-diffusion sampler over {module_id(module)} (s_noise={s_noise}, flow={flow})."
     return sampler
+
+
+def _derived_sigmas(module, sigmas):
+    """The derived schedule with the caller's range and number of model calls (trailing 0 kept)."""
+    from derive.schedules import default
+
+    s = torch.as_tensor(sigmas).detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    zero = len(s) > 2 and float(s[-1]) == 0.0
+    positive = s[:-1] if zero else s
+    out = default(module, nfe=len(positive) - 1, sigma_max=float(positive[0]), sigma_min=float(positive[-1]))
+    return torch.cat([out, out.new_zeros(1)]) if zero else out
 
 
 def _progress(total, disable):

@@ -1,0 +1,267 @@
+r"""Step schedules derived from a module's own error: ``default`` (data-free) and ``tune`` (from a pilot run).
+
+Both return the noise levels (normalized sigma = sigma/alpha) for a budget of ``nfe`` model calls: a float64
+1-D tensor of length ``nfe + 1``, strictly decreasing, from exactly ``sigma_max`` to exactly ``sigma_min``,
+to pass to the module's ``sample`` (which then calls the model exactly ``nfe`` times)::
+
+    import derive
+    mod = derive.load("ersde_order3_phi_ode")
+    s = derive.schedules.default(mod, nfe=10, sigma_max=80.0, sigma_min=0.002)
+    out = mod.sample(model, x, s)
+
+The levels minimise the predicted global error: the derived leading local error kernel of every step
+(:mod:`derive.schedules.error_model`, the module's own derivation) times a smoothness profile of the
+prediction along the trajectory (:mod:`derive.schedules.profile`), summed over the steps the module takes,
+its low-order start included (:mod:`derive.schedules.optimize`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+import torch
+
+from derive.schedules.error_model import module_error_spec
+from derive.schedules.optimize import ErrorModel, optimise
+from derive.schedules.profile import Profile, derivative_tables, gaussian_proxy, measured
+
+__all__ = ["default", "predicted_error", "tune"]
+
+
+def _check_args(nfe, sigma_max, sigma_min) -> tuple[int, float, float]:
+    if isinstance(nfe, bool) or not isinstance(nfe, (int, np.integer)) or nfe < 1:
+        raise ValueError(f"nfe must be a positive integer (got {nfe!r})")
+    try:
+        sigma_max, sigma_min = float(sigma_max), float(sigma_min)
+    except (TypeError, ValueError):
+        raise TypeError("sigma_max and sigma_min must be numbers") from None
+    if not (0 < sigma_min < sigma_max < math.inf):
+        raise ValueError(
+            f"need 0 < sigma_min < sigma_max < inf (got sigma_max={sigma_max}, sigma_min={sigma_min})"
+        )
+    return int(nfe), sigma_max, sigma_min
+
+
+def _finish(s: torch.Tensor, sigma_max: float, sigma_min: float) -> torch.Tensor:
+    """float64, endpoints exact, strictly decreasing (a level that rounds onto its neighbour is nudged)."""
+    out = s.detach().to(torch.float64).clone()
+    out[0], out[-1] = sigma_max, sigma_min
+    values = out.tolist()
+    for i in range(1, len(values) - 1):
+        values[i] = min(
+            max(values[i], math.nextafter(values[-1], math.inf)), math.nextafter(values[i - 1], 0.0)
+        )
+    out = torch.tensor(values, dtype=torch.float64)
+    if not bool((out[1:] < out[:-1]).all()):
+        raise ValueError("could not build a strictly decreasing schedule (nfe too large for this range?)")
+    return out
+
+
+def _lengths(module, s: torch.Tensor) -> list[int]:
+    """The stored outputs each step of ``s`` uses in ``module`` (its coefficient table decides)."""
+    _, _, weights, _ = module.coefficient_table(s)
+    return [len(w) for w in weights]
+
+
+#: the step-ratio limits tried (the best predicted error among schedules the module runs at full order wins)
+STEP_RATIO_LIMITS = (4.0, 2.5, 1.75, 1.375, 1.2)
+
+
+def _schedule(
+    module, profile: Profile, nfe: int, sigma_max: float, sigma_min: float
+) -> tuple[torch.Tensor, dict]:
+    phi, form, variable, method = module_error_spec(module)
+    model = ErrorModel(phi, form, variable, method, int(module.ORDER), profile)
+    best = None
+    for ratio in STEP_RATIO_LIMITS:
+        s, info = optimise(model, nfe, sigma_max, sigma_min, max_ratio=ratio)
+        s = _finish(s, sigma_max, sigma_min)
+        info["max_step_ratio"] = ratio
+        with torch.no_grad():  # judged with the history the module really uses on these levels
+            info["predicted_error"] = float(model.predict(s, _lengths(module, s)))
+        candidate = (info["predicted_error"], ratio, s, info)
+        if best is None or candidate[0] < best[0]:
+            best = candidate
+    return best[2], best[3]
+
+
+def _max_order(module) -> int:
+    return int(module.ORDER) + (1 if getattr(module, "METHOD", "taylor") == "pc" else 0)
+
+
+@functools.lru_cache(maxsize=256)
+def _default_cached(key, module, nfe, sigma_max, sigma_min, sigma_data):
+    phi, form, variable, method = module_error_spec(module)
+    profile = gaussian_proxy(form, variable, _max_order(module), sigma_min, sigma_data)
+    s, _ = _schedule(module, profile, nfe, sigma_max, sigma_min)
+    return s
+
+
+def default(module, nfe: int, sigma_max: float, sigma_min: float, *, sigma_data: float = 0.5) -> torch.Tensor:
+    """Data-free schedule: the derived error of ``module``'s steps with the Gaussian-scales proxy profile.
+
+    ``sigma_data`` is the data's overall standard deviation (0.5, EDM's value for images in [-1, 1]); the
+    proxy spreads Gaussian components from ``sigma_data / 32`` to ``sigma_data``. Deterministic; cached.
+    """
+    nfe, sigma_max, sigma_min = _check_args(nfe, sigma_max, sigma_min)
+    if not (isinstance(sigma_data, (int, float)) and 0 < sigma_data < math.inf):
+        raise ValueError(f"sigma_data must be a positive number (got {sigma_data!r})")
+    module_error_spec(module)
+    key = getattr(module, "SPEC_HASH", id(module))
+    return _default_cached(key, module, nfe, sigma_max, sigma_min, float(sigma_data)).clone()
+
+
+def predicted_error(module, sigmas, *, sigma_data: float = 0.5, profile: Profile | None = None) -> float:
+    """The error the model predicts for ``module`` on ``sigmas`` (the quantity :func:`default` minimises)."""
+    phi, form, variable, method = module_error_spec(module)
+    s = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+    if profile is None:
+        profile = gaussian_proxy(form, variable, _max_order(module), float(s[-1]), sigma_data)
+    model = ErrorModel(phi, form, variable, method, int(module.ORDER), profile)
+    with torch.no_grad():
+        return float(model.predict(s))
+
+
+#: pilot grid: this many steps uniform in log s from sigma_max to sigma_min
+PILOT_STEPS = 200
+#: random projections per pilot point kept in the profile
+PROJECTIONS = 2
+
+
+def pilot_profile(
+    module, model, x_pilot, sigma_max: float, sigma_min: float, *, steps: int = PILOT_STEPS, extra_args=None
+) -> tuple[Profile, dict]:
+    """Run ``model`` on a fine log-uniform schedule and measure the profile (one-time cost, returned).
+
+    The batch is ``x_pilot`` and a copy perturbed by 1e-4 of its RMS, run together (one model call per level
+    on twice the batch): the predictions along the trajectories give the derivatives, the perturbation's
+    growth the factor G. The pilot integrates with the module itself (its own order on ``steps`` levels).
+    """
+    phi, form, variable, method = module_error_spec(module)
+    x = torch.as_tensor(x_pilot)
+    if x.ndim < 1 or x.shape[0] < 1:
+        raise ValueError("x_pilot must be a batch of starting states (first dimension = batch)")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x_pilot must be finite")
+    batch = x.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    direction = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+    eps = 1e-4 * float(x.double().pow(2).mean().sqrt())
+    both = torch.cat([x, x + eps * direction])
+    log_s = np.linspace(math.log(sigma_max), math.log(sigma_min), steps + 1)
+    fine = torch.tensor(np.exp(log_s), dtype=torch.float64)
+    fine[0], fine[-1] = sigma_max, sigma_min
+    seen: dict[int, tuple] = {}
+    calls = 0
+
+    def counted(y, sigma, **kw):
+        nonlocal calls
+        calls += 1
+        return model(y, sigma, **kw)
+
+    def keep(info):
+        seen[info["i"]] = (info["x"].detach().double().cpu(), info["denoised"].detach().double().cpu())
+
+    start = time.perf_counter()
+    final = module.sample(counted, both, fine, extra_args=extra_args, callback=keep)
+    seconds = time.perf_counter() - start
+    ys = [seen[i][0] for i in range(steps)] + [final.detach().double().cpu()]
+    x0s = [seen[i][1] for i in range(steps)]
+    # the prediction at the last level, from the module's own model call convention
+    x0s.append(
+        model(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {}))
+        .detach()
+        .double()
+        .cpu()
+    )
+    calls += 1
+    ys, x0s = torch.stack(ys), torch.stack(x0s)
+    q = x0s if form == "data" else (ys - x0s) / fine[:, None].reshape(-1, *([1] * (ys.ndim - 1)))
+    flat = q[:, :batch].reshape(steps + 1, batch, -1)
+    # each point seen along PROJECTIONS fixed random unit directions (the error's square norm, on average)
+    dirs = torch.randn(flat.shape[-1], PROJECTIONS, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True) * math.sqrt(flat.shape[-1] / PROJECTIONS)
+    values = torch.einsum("gpd,dr->gpr", flat, dirs).reshape(steps + 1, -1).numpy()
+    derivs = derivative_tables(log_s, values, variable, _max_order(module))
+    delta = (ys[:, batch:] - ys[:, :batch]).reshape(steps + 1, batch, -1).norm(dim=-1).numpy()
+    growth = np.repeat(delta[-1][None, :] / np.maximum(delta, 1e-300), PROJECTIONS, axis=1)
+    profile = measured(log_s, derivs, growth, _max_order(module), form, variable, sigma_min)
+    cost = {"model_calls": calls, "batch": 2 * batch, "seconds": seconds, "pilot_steps": steps}
+    return profile, cost
+
+
+def _pilot_digest(x_pilot) -> str:
+    data = torch.as_tensor(x_pilot).detach().double().cpu().contiguous().numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def tune(
+    module,
+    model,
+    x_pilot,
+    nfe: int,
+    sigma_max: float,
+    sigma_min: float,
+    *,
+    cache=None,
+    extra_args=None,
+    pilot_steps: int = PILOT_STEPS,
+    report: dict | None = None,
+) -> torch.Tensor:
+    """Model-tuned schedule: the profile measured by a pilot run of ``model`` from ``x_pilot`` (at sigma_max).
+
+    ``x_pilot`` is a small batch of starting states at ``sigma_max`` (e.g. 16 of the model's shape).
+    ``cache`` (a path to a ``.json`` file, e.g. next to the model's weights) stores the measured profile and
+    the schedules computed from it: a later call with the same module, range and pilot batch reuses it (no
+    model call). The pilot's cost (model calls, batch, seconds) is written to the cache and, if ``report``
+    is a dict, into it (``report["pilot"]``; ``report["cached"]`` says whether the pilot was skipped).
+    """
+    nfe, sigma_max, sigma_min = _check_args(nfe, sigma_max, sigma_min)
+    module_error_spec(module)
+    if not callable(model):
+        raise TypeError("model must be callable as model(x, sigma)")
+    key = {
+        "spec_hash": getattr(module, "SPEC_HASH", None),
+        "sigma_max": sigma_max,
+        "sigma_min": sigma_min,
+        "pilot": _pilot_digest(x_pilot),
+        "pilot_steps": int(pilot_steps),
+    }
+    path = pathlib.Path(cache).expanduser() if cache is not None else None
+    stored = None
+    if path is not None and path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = None
+        if not isinstance(stored, dict) or stored.get("key") != key:
+            stored = None
+    if stored is None:
+        profile, cost = pilot_profile(
+            module, model, x_pilot, sigma_max, sigma_min, steps=pilot_steps, extra_args=extra_args
+        )
+        stored = {"key": key, "pilot": cost, "profile": profile.as_dict(), "schedules": {}}
+        cached = False
+    else:
+        profile = Profile.from_dict(stored["profile"])
+        cached = True
+    if str(nfe) in stored["schedules"]:
+        s = torch.tensor(stored["schedules"][str(nfe)], dtype=torch.float64)
+    else:
+        s, _ = _schedule(module, profile, nfe, sigma_max, sigma_min)
+        stored["schedules"][str(nfe)] = s.tolist()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(path.suffix + ".part")
+            tmp.write_text(json.dumps(stored) + "\n")
+            tmp.replace(path)
+    if report is not None:
+        report["pilot"] = dict(stored["pilot"])
+        report["cached"] = cached
+    return s
