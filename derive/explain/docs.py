@@ -132,7 +132,10 @@ def _family_page(family: str) -> str:
         "[Start here](../start.md) first; the symbols are those of the [notation page](../notation.md)."
     )
     parts.append(markdown_escape(explanations[0].legend[0]))
-    seen: dict[str, str] = {}  # each idea once: a step that reads as in an earlier section is referred to
+    # each idea once: a step that reads as in an earlier section is referred to, and inside a new step a formula
+    # or a paragraph printed before is left out
+    seen: dict[str, str] = {}
+    blocks: set[str] = set()
     for explanation in explanations:
         section = _section_title(explanation.spec)
         parts.append(f"## {markdown_escape(section)}")
@@ -141,6 +144,8 @@ def _family_page(family: str) -> str:
         for step in explanation.steps:
             text = markdown_step(step, 3)
             body = text.split("\n", 1)[1]
+            if body not in seen:
+                text = markdown_step(step, 3, blocks)
             if body in seen:
                 parts.append(
                     f"### {step.number}. {markdown_escape(step.title)}\n\nAs in *{markdown_escape(seen[body])}* "

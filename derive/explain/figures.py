@@ -50,17 +50,17 @@ def noise_fraction(plt, path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     grid = [10 ** (k / 20) for k in range(-80, 81)]
     for text, label in (
-        ("s", "phi = s (ODE)"),
-        ("s**1.5", "phi = s^1.5"),
-        ("s**2", "phi = s^2 (reverse SDE)"),
-        ("default", "phi = s (exp(s^0.3) + 10) (default)"),
+        ("s", r"$\varphi = s$ (ODE)"),
+        ("s**1.5", r"$\varphi = s^{1.5}$"),
+        ("s**2", r"$\varphi = s^2$ (reverse SDE)"),
+        ("default", r"$\varphi = s\,(e^{s^{0.3}} + 10)$ (default)"),
     ):
         phi = parse_expression({"default": "s*(exp(s**0.3) + 10)"}.get(text, text))
         fraction = sp.lambdify(s, _ersde.derive_step(phi).noise_fraction, "mpmath")
         ax.plot(grid, [float(fraction(mpmath.mpf(value))) for value in grid], label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("noise level s")
-    ax.set_ylabel("gamma^2 / g^2 = s phi'/phi - 1")
+    ax.set_xlabel(r"noise level $s$")
+    ax.set_ylabel(r"$\gamma^2/g^2 = s\varphi'/\varphi - 1$")
     ax.set_ylim(-0.05, 1.6)
     ax.legend(loc="upper left", fontsize=8)
     ax.set_title("How much of the forward noise each phi re-injects")
@@ -80,28 +80,30 @@ def _denoiser(y: float, level: float) -> float:
 
 def exponential_step(plt, path: pathlib.Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    s_i, s_next, y_i = 1.0, 0.5, 2.0
+    s_i, s_next, y_i = 2.0, 0.5, 3.0
     levels = [s_i - (s_i - s_next) * k / 100 for k in range(101)]
-    ax.plot(levels, [_exact_flow(y_i, s_i, level) for level in levels], label="exact flow y(s)")
+    ax.plot(levels, [_exact_flow(y_i, s_i, level) for level in levels], label=r"exact flow $y(s)$")
     x0 = _denoiser(y_i, s_i)
     # phi = s: r(s) = s/s_i and c_0(s) = 1 - s/s_i, the prediction held at its value at s_i
     ax.plot(
         levels,
         [level / s_i * y_i + (1 - level / s_i) * x0 for level in levels],
         "--",
-        label="first-order step: r y_i + c_0 xhat_0(y_i, s_i)",
+        label=r"first-order step: $r(s)\,y_i + c_0(s)\,\hat x_0(y_i, s_i)$",
     )
-    ax.axhline(x0, color="grey", linewidth=0.8, linestyle=":", label="xhat_0 at s_i")
+    ax.axhline(
+        x0, color="grey", linewidth=0.8, linestyle=":", label=r"$\hat x_0(y_i, s_i)$, held over the step"
+    )
     ax.plot([s_i], [y_i], "ko")
-    ax.annotate("y_i", (s_i, y_i), textcoords="offset points", xytext=(-18, 4))
-    ax.plot([s_next], [s_next / s_i * y_i + (1 - s_next / s_i) * x0], "C1o")
-    ax.annotate("y_i+1", (s_next, s_next / s_i * y_i + (1 - s_next / s_i) * x0), xytext=(4, -12),
-                textcoords="offset points")  # fmt: skip
+    ax.annotate(r"$y_i$", (s_i, y_i), textcoords="offset points", xytext=(6, 4))
+    y_next = s_next / s_i * y_i + (1 - s_next / s_i) * x0
+    ax.plot([s_next], [y_next], "C1o")
+    ax.annotate(r"$y_{i+1}$", (s_next, y_next), xytext=(-6, -16), textcoords="offset points")
     ax.invert_xaxis()
-    ax.set_xlabel("noise level s (decreasing: the sampler runs from s_i = 1 to s_i+1 = 0.5)")
-    ax.set_ylabel("state y")
-    ax.legend(fontsize=8)
-    ax.set_title("One exponential-integrator step (phi = s, 1-D Gaussian data)")
+    ax.set_xlabel(r"noise level $s$ (decreasing: one step from $s_i = 2$ to $s_{i+1} = 0.5$)")
+    ax.set_ylabel(r"state $y$")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(r"One exponential-integrator step ($\varphi = s$, 1-D Gaussian data)")
     _save(fig, path)
     plt.close(fig)
 
@@ -124,14 +126,14 @@ def weights(plt, path: pathlib.Path) -> None:
     ratios = [0.05 + 0.9 * k / 90 for k in range(91)]
     with mpmath.workdps(30):
         values = [weight(mpmath.mpf(1), mpmath.mpf(rho), mpmath.mpf(1 - rho)) for rho in ratios]
-    ax.plot(ratios, [float(v[0]) for v in values], label="w_0 (newest output)")
-    ax.plot(ratios, [float(v[1]) for v in values], label="w_1 (previous output)")
-    ax.plot(ratios, [float(v[0] + v[1]) for v in values], ":", label="w_0 + w_1 = c_0 = 1 - r")
+    ax.plot(ratios, [float(v[0]) for v in values], label=r"$w_0$ (newest output)")
+    ax.plot(ratios, [float(v[1]) for v in values], label=r"$w_1$ (previous output)")
+    ax.plot(ratios, [float(v[0] + v[1]) for v in values], ":", label=r"$w_0 + w_1 = c_0 = 1 - r$")
     ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set_xlabel("step ratio s_i+1 / s_i (s_i = 1, history spaced like the step)")
+    ax.set_xlabel(r"step ratio $s_{i+1}/s_i$ ($s_i = 1$, $s_{i-1} - s_i = s_i - s_{i+1}$)")
     ax.set_ylabel("weight")
     ax.legend(fontsize=8)
-    ax.set_title("Order-2 weights, phi = s, expanded in s")
+    ax.set_title(r"Order-2 weights, $\varphi = s$, expanded in $s$")
     _save(fig, path)
     plt.close(fig)
 
@@ -161,11 +163,11 @@ def error_vs_steps(plt, path: pathlib.Path) -> None:
     counts = (8, 16, 32, 64, 128)
     for order in (1, 2, 3):
         errors = [sample_error(order, n) for n in counts]
-        ax.loglog(counts, errors, "o-", label=f"K = {order}")
-        ax.loglog(counts, [errors[0] * (counts[0] / n) ** order for n in counts], ":", color="grey")
-    ax.set_xlabel("number of steps N (s from 10 to 0.1, log-uniform)")
-    ax.set_ylabel("error |y_N - y(0.1)|")
-    ax.legend(fontsize=8, title="order (dotted: slope -K)")
+        ax.loglog(counts, errors, "o-", label=f"$K = {order}$")
+        ax.loglog(counts, [errors[-1] * (counts[-1] / n) ** order for n in counts], ":", color="grey")
+    ax.set_xlabel(r"number of steps $N$ ($s$ from 10 to 0.1, log-uniform)")
+    ax.set_ylabel(r"error $|y_N - y(0.1)|$")
+    ax.legend(fontsize=8, title=r"order (dotted: slope $-K$)")
     ax.set_title("Derived probability-flow solvers, 1-D Gaussian data, exact flow")
     _save(fig, path)
     plt.close(fig)

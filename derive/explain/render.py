@@ -278,6 +278,8 @@ LEARNER_CHECKS = (
     "phi = s is the ODE",
     "phi = s^2 is the SDE",
     "variance-exploding marginal",
+    "integrating factor",
+    "variance as a derivative",
     "order conditions",
     "local order",
 )
@@ -298,13 +300,35 @@ def _markdown_key_check(check: CheckResult) -> str:
     return head + "\n\n" + _indented("\n\n".join(parts))
 
 
-def markdown_step(step: Step, level: int = 2) -> str:
+REPEATED = "*(As in the first section above.)*"
+
+
+def markdown_step(step: Step, level: int = 2, seen: set[str] | None = None) -> str:
+    """One step as Markdown. With ``seen`` (the blocks printed earlier on the page), a formula or a paragraph
+    printed before is left out (a run of them becomes one line saying so), and the new ones are added."""
     parts = [f"{'#' * level} {step.number}. {markdown_escape(step.title)}"]
-    for block in step.body:
-        parts.append(markdown_formula(block) if isinstance(block, Formula) else markdown_escape(block))
+    texts = [markdown_formula(b) if isinstance(b, Formula) else markdown_escape(b) for b in step.body]
+    repeated = [seen is not None and text in seen for text in texts]
+    for index, (block, text) in enumerate(zip(step.body, texts)):
+        # a paragraph printed before stays when it introduces a new formula
+        follows = index + 1 < len(texts) and isinstance(step.body[index + 1], Formula)
+        introduces = follows and not repeated[index + 1]
+        if repeated[index] and (isinstance(block, Formula) or not introduces):
+            if parts[-1] != REPEATED:
+                parts.append(REPEATED)
+            continue
+        if seen is not None:
+            seen.add(text)
+        parts.append(text)
     key = [check for check in step.checks if check.name in LEARNER_CHECKS]
     rest = [check for check in step.checks if check.name not in LEARNER_CHECKS]
-    parts += [_markdown_key_check(check) for check in key]
+    for check in key:
+        text = _markdown_key_check(check)
+        if seen is not None and text in seen and check.passed:
+            continue
+        if seen is not None:
+            seen.add(text)
+        parts.append(text)
     if rest or step.notes:
         passed = sum(c.passed for c in rest)
         failed = len(rest) - passed

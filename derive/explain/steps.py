@@ -495,7 +495,7 @@ def _coefficients_step(ctx: _Context) -> Step:
     a, sg = schedule.alpha, schedule.sigma
     f, g2, lam, s_t = d.drift, d.diffusion2, d.log_snr_half, d.normalized_sigma
     body.say(
-        "SymPy derives the forward SDE dx = f(t) (x - mu) dt + g(t) dw whose marginals are the family's "
+        "SymPy derives the forward SDE dx = f(t) (x - mu) dt + g(t) dW whose marginals are the family's "
         "(mu = 0 unless the family is mean-reverting): f = alpha'/alpha from the mean and g^2 from the variance, "
         "together with the half log-SNR lambda = log(alpha/sigma) and the normalized noise level s = sigma/alpha "
         "(derive_family):",
@@ -725,10 +725,45 @@ def _exact(ctx: _Context) -> Step:
         )
         body.say(
             "The drift is linear in y, so variation of constants solves the step from s_i down to s_i+1 exactly, "
-            "whatever the data prediction does along the way; the noise enters as a Gaussian whose variance "
-            "solves the SDE's variance equation (z ~ N(0, I)). For any phi:",
+            "whatever the data prediction does along the way. Divide y by phi: by the product rule and the "
+            "drift dy/ds = (phi'/phi)(y - xhat_0), the terms in y cancel,",
+        )
+        y_of_s = sp.Function("y")(s)
+        drift_g = sp.diff(phi_g(s), s) / phi_g(s) * (y_of_s - XHAT(s))
+        quotient = sp.diff(y_of_s / phi_g(s), s)
+        integrating = -sp.diff(phi_g(s), s) / phi_g(s) ** 2 * XHAT(s)
+        with sp.evaluate(False):
+            shown = quotient.subs(sp.Derivative(y_of_s, s), drift_g)
+        body.show(Formula(sp.Derivative(y_of_s / phi_g(s), s), shown), Formula(shown, integrating))
+        body.say(
+            "so integrating from s_i to s_i+1 and multiplying by phi(s_i+1) gives the mean of the step. The noise "
+            "adds to y/phi the increments gamma dWbar/phi, independent Gaussians whose variances add up to the "
+            "integral of gamma^2/phi^2, an exact derivative:"
+        )
+        gamma2_g = _ersde.drift_and_diffusion(phi_g(s))[1]
+        body.show(
+            Formula(H**2 / phi_g(s) ** 2, gamma2_g / phi_g(s) ** 2),
+            Formula(gamma2_g / phi_g(s) ** 2, -sp.Derivative(s**2 / phi_g(s) ** 2, s)),
+        )
+        body.say(
+            "so the variance of the step is phi(s_i+1)^2 (s_i+1^2/phi(s_i+1)^2 - s_i^2/phi(s_i)^2) = "
+            "s_i+1^2 - s_i^2 r^2 (z ~ N(0, I)). For any phi:"
         )
         body.show(Formula(Y_NEXT, generic))
+        checks.append(
+            _identity(
+                "integrating factor",
+                "d/ds (y/phi) = -(phi'/phi^2) xhat_0 along the drift, for a generic phi",
+                sp.simplify(quotient.subs(sp.Derivative(y_of_s, s), drift_g) - integrating),
+            )
+        )
+        checks.append(
+            _identity(
+                "variance as a derivative",
+                "gamma^2/phi^2 = -d/ds (s^2/phi^2), for a generic phi",
+                sp.simplify(gamma2_g / phi_g(s) ** 2 + sp.diff(s**2 / phi_g(s) ** 2, s)),
+            )
+        )
         body.say("For this phi, with weight_density = phi'/phi^2, the ratio r and the noise_variance v:")
         body.show(Formula(Y_NEXT, specific), Formula(R, step.ratio), Formula(V, step.noise_variance))
         checks += _pick(ctx.generic, "exact mean", "variance")
@@ -1355,8 +1390,10 @@ def _order_conditions(ctx: _Context) -> Step:
         f"With them the local error of one step is O(h^{order + 1}) in the step h = u_i+1 - u_i, so the multistep "
         f"method has order {order}. The conditions are checked exactly; the local order is measured with the "
         f"reference quadrature of the weights: the defect on the degree-{order} polynomial at two step sizes, "
-        "with equally spaced history. (The convergence studies of derive verify measure the global order of the "
-        "emitted modules.)",
+        "with equally spaced history. Why the local order gives the global one: each step adds its local error "
+        "and carries the earlier ones along multiplied by r = phi(s_i+1)/phi(s_i) < 1 (phi increases, since "
+        "phi/s does not decrease), so the O(1/h) local errors of a run add up to O(h^K) at most. (The "
+        "convergence studies of derive verify measure the global order of the emitted modules.)",
     )
     if ctx.spec.resolved_dynamics != "ode" and not _checks._is_zero(ctx.phi - s):
         body.say(
