@@ -178,6 +178,17 @@ def _uncached(function: Callable) -> Callable:
     return getattr(function, "__wrapped__", function)
 
 
+#: the statements of derive.checks in the pages' notation (docs/notation.md), by check name: s_i, s_i+1 for
+#: sigma, sigma_next (s'), gamma for the reverse diffusion h, xhat_0 for the prediction x0
+NOTATION_STATEMENTS = {
+    "drift": "dy/ds = (phi'/phi)(y - xhat_0) plus the noise gamma dWbar, gamma^2 = 2 s (s phi'/phi - 1)",
+    "exact mean": "y(s) = r(s) y_i + (1 - r(s)) xhat_0 solves the drift for a constant xhat_0",
+    "variance": "V(s) = s^2 - s_i^2 r(s)^2 solves dV/ds = 2 (phi'/phi) V - gamma^2 with V(s_i) = 0",
+    "integration by parts": "c_n = (s_i+1 - s_i)^n/n! + phi(s_i+1) int (s - s_i)^(n-1)/((n-1)! phi) ds",
+    "ratio and variance": "r = phi(s_i+1)/phi(s_i) and v = s_i+1^2 - s_i^2 r^2 solve the SDE for this phi",
+}
+
+
 def _run_derive_checks(source: str, function: Callable, *args) -> list[CheckResult]:
     """Run a check of :mod:`derive.checks` (returns Check records, raises DerivationError on failure)."""
     try:
@@ -195,7 +206,10 @@ def _run_derive_checks(source: str, function: Callable, *args) -> list[CheckResu
         ]
     if isinstance(out, _checks.Check):
         out = (out,)
-    return [CheckResult(c.name, c.statement, c.method, c.residual, True, source) for c in out]
+    return [
+        CheckResult(c.name, NOTATION_STATEMENTS.get(c.name, c.statement), c.method, c.residual, True, source)
+        for c in out
+    ]
 
 
 def _short(expr) -> str:
@@ -821,18 +835,23 @@ def _exact(ctx: _Context) -> Step:
 
 
 # ---- 6. expansion and weights ---------------------------------------------------------------------------------
+def _label(q: _coefficients.Quantity) -> str:
+    """The quantity's name in the pages' notation (the plan calls the noise form's variance w; here v_epsilon)."""
+    return "v_epsilon" if q.label == "w" else q.label
+
+
 def _quantity_notes(ctx: _Context, q: _coefficients.Quantity) -> str:
     plan = ctx.plan
     if q.kind == "closed" and q.closed == 0:
-        return f"{q.label} = 0 exactly."
+        return f"{_label(q)} = 0 exactly."
     if q.kind == "closed" and q.series:
         return (
-            f"{q.label}: closed form for relative steps (s_i - s_i+1)/s_i >= {q.threshold:.3g} (rounding error "
+            f"{_label(q)}: closed form for relative steps (s_i - s_i+1)/s_i >= {q.threshold:.3g} (rounding error "
             f"{q.closed_error:.1e}); below that a {len(q.series)}-term small-step series (truncation error "
             f"{q.series_error:.1e} at the switch), because the closed form cancels for short steps."
         )
     if q.kind == "closed":
-        return f"{q.label}: closed form (rounding error {q.closed_error:.1e})."
+        return f"{_label(q)}: closed form (rounding error {q.closed_error:.1e})."
     if q.closed is None:
         reason = "SymPy found no closed form"
         if ctx.variable != "s" and q.label[-1] != "0" and q.label not in ("v", "w"):
@@ -840,7 +859,7 @@ def _quantity_notes(ctx: _Context, q: _coefficients.Quantity) -> str:
     else:
         reason = "SymPy's closed form loses accuracy to cancellation for short steps and no small-step series repaired it"
     return (
-        f"{q.label}: {plan.quadrature_nodes}-point Gauss-Legendre quadrature in log s ({reason}); the integrand is "
+        f"{_label(q)}: {plan.quadrature_nodes}-point Gauss-Legendre quadrature in log s ({reason}); the integrand is "
         f"smooth and one-signed in log s."
     )
 
@@ -893,7 +912,7 @@ def _weights(ctx: _Context) -> Step:
             "divided by phi only; the identity behind it is checked for a generic phi."
         )
     for n, q in enumerate(ctx.plan.weights):
-        body.say(f"{q.label}, by definition:")
+        body.say(f"{_label(q)}, by definition:")
         body.show(Formula(c[n], _weight_integral(ctx, n)))
         if q.closed is not None:
             body.say("SymPy's closed form:")
@@ -911,7 +930,7 @@ def _weights(ctx: _Context) -> Step:
                 body.say("Expanded in lambda, the weights with n > 0 are only integrated numerically.")
         for m, coefficient in enumerate(q.series[:2]):
             body.say(
-                f"Small-step series of {q.label} (series_coefficients), coefficient {m} of {len(q.series)}:"
+                f"Small-step series of {_label(q)} (series_coefficients), coefficient {m} of {len(q.series)}:"
             )
             body.show(Formula(sp.Symbol(f"a_{m}"), coefficient))
     if any(q.kind == "quadrature" for q in ctx.plan.quantities):
@@ -951,8 +970,8 @@ def _weights(ctx: _Context) -> Step:
             method = "mpmath at 30 digits, against a 96-point rule"
         checks.append(
             _numeric(
-                f"{q.label} in float64",
-                f"the float64 evaluation of {q.label} ({how}) is accurate to {limit:g} relative",
+                f"{_label(q)} in float64",
+                f"the float64 evaluation of {_label(q)} ({how}) is accurate to {limit:g} relative",
                 method,
                 error,
                 limit,
@@ -982,8 +1001,8 @@ def _noise_closed_form_checks(ctx: _Context) -> list[CheckResult]:
                 worst = max(worst, float(abs(value - exact) / scale))
         out.append(
             _numeric(
-                f"{q.label} closed form",
-                f"SymPy's closed form of {q.label} equals the quadrature of its integral",
+                f"{_label(q)} closed form",
+                f"SymPy's closed form of {_label(q)} equals the quadrature of its integral",
                 "mpmath (Gauss-Legendre reference quadrature)",
                 worst,
                 1e-25,
@@ -1228,6 +1247,18 @@ def special_cases() -> tuple[CheckResult, ...]:
     c0 = _ersde.closed_form_weight(step, 0)
     mean = step.ratio * y + c0 * x0
     equations = (
+        Formula(
+            sp.Symbol("y_i"),
+            sp.Symbol("y_i+1") + sp.sqrt(sigma**2 - sigma_next**2) * e2,
+            "forward: y_i+1 = x0 + s_i+1 e1, then noise of variance s_i^2 - s_i+1^2 added (e1, e2 ~ N(0, 1))",
+        ),
+        Formula(sp.Symbol("Cov(y_i+1, y_i)"), covariance, "given x0"),
+        Formula(sp.Symbol("Var(y_i)"), variance_y, "given x0"),
+        Formula(
+            sp.Symbol("mean_posterior"),
+            x0 + sp.Mul(sp.UnevaluatedExpr(covariance / variance_y), y - x0, evaluate=False),
+            "x0 + Cov/Var (y - x0)",
+        ),
         Formula(R * y + C_0 * x0, mean, "derived: the mean of the first-order step for phi = s^2"),
         Formula(sp.Symbol("mean_posterior"), posterior_mean, "posterior mean, by Gaussian conditioning"),
         Formula(V, step.noise_variance, "derived: noise_variance"),
