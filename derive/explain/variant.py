@@ -302,23 +302,24 @@ def _ddpm_step(number: int) -> Step:
     v_beta = sp.factor(sp.simplify(beta / abar_next))
     body.say("Substituted, the two normalized variances and the ER SDE's v at phi = s^2:")
     body.show(
-        Formula(sp.Symbol("betatilde_t/alphabar_t-1"), v_tilde),
-        Formula(sp.Symbol("beta_t/alphabar_t-1"), v_beta),
+        Formula(beta_tilde_sym / abar_next_sym, v_tilde),
+        Formula(beta_sym / abar_next_sym, v_beta),
         Formula(V, sp.factor(step.noise_variance), "derived: noise_variance at phi = s^2"),
-        Formula(sp.Symbol("(beta_t/betatilde_t)"), sp.factor(sp.simplify(beta / beta_tilde))),
+        Formula(beta_sym / beta_tilde_sym, sp.factor(sp.simplify(beta / beta_tilde))),
     )
     body.say(
         "So DDPM with betatilde is the ER SDE step at phi = s^2 (its mean, the posterior mean, is checked in the "
-        "special cases). With beta the variance is larger by the factor beta_t/betatilde_t above, and the "
-        "difference v_beta - v is not zero for any step: DDPM with beta is a departure from the ER SDE step "
-        "(more noise than the reverse SDE's own), not a member of the family."
+        "special cases). DDPM with beta keeps that mean, whose factor r = s_i+1^2/s_i^2 fixes phi = s^2 (up to "
+        "a constant, which cancels) and with it v; its variance is larger by the factor beta_t/betatilde_t > 1 "
+        "above, so no phi gives it: DDPM with beta is a departure from the ER SDE step (more noise than the "
+        "reverse SDE's own), not a member of the family."
     )
     checks = [
         _identity(
             "betatilde is v",
             "betatilde_t/alphabar_t-1 = v(phi = s^2) = s_i+1^2 (1 - s_i+1^2/s_i^2)",
             v_tilde - step.noise_variance,
-            equations=(Formula(v_tilde, step.noise_variance),),
+            equations=(Formula(beta_tilde / abar_next, step.noise_variance, "substituted, unsimplified"),),
             source=SOURCE,
         ),
         _identity(
