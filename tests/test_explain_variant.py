@@ -91,3 +91,16 @@ def test_cli_variant_and_its_errors():
     ):
         result = runner.invoke(main, ["explain", *args])
         assert result.exit_code == 2 and message in result.output
+
+
+def test_ersde_solver_3_names_the_estimate_that_misreads_the_quadratic():
+    explanation = build_variant_explanation("ersde_solver_3")
+    _, step = _formulas(explanation, "stage3")
+    shown = [f for f in step.formulas if f.note == "on (u - u_i)^2"]
+    assert [str(f.lhs) for f in shown] == ["D1"]  # D2 is exact on the quadratic, D1 is not
+    assert sp.simplify(shown[0].rhs - variants.delta1) == 0
+    assert not [
+        f
+        for f in _formulas(build_variant_explanation("dpmpp_3m"), "stage3")[1].formulas
+        if f.note.startswith("on (u")
+    ]

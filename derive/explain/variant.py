@@ -210,6 +210,17 @@ def _stage_step(number: int, variant: _variants.Variant, stage: _variants.Stage)
                 f"one the Taylor expansion asks for: multiplied by {1 / fraction} it is the derived update "
                 "(the departure W_j - w_j above is that missing part)."
             )
+        u = sp.Symbol("u")
+        outputs = {_variants.outputs[j]: _DELTAS[j] ** p for j in range(k)}
+        for estimate in stage.estimates:
+            value = sp.factor(sp.cancel(sp.together(estimate.expr.subs(outputs))))
+            wanted = sp.diff(u**p, u, estimate.derivative).subs(u, 0) * estimate.scale
+            if sp.cancel(value - wanted) != 0:
+                body.say(
+                    f"Why: on the prediction (u - u_i)^{p} the estimate {estimate.symbol} gives the value below "
+                    f"instead of {wanted}, and its weight carries the difference into the step:"
+                )
+                body.show(Formula(estimate.symbol, value, f"on (u - u_i)^{p}"))
         body.say(
             f"The step is off by d_{p}/{p}! times the derivative of order {p} of the prediction. At equal steps "
             f"(delta_j = -j h), with {how}:"
