@@ -76,6 +76,12 @@ def make_spec(family, order, phi, dynamics=None, prediction=None, schedule=None,
     "--variable", default="s", show_default=True, help=f"Expansion variable: {', '.join(VARIABLES)}."
 )
 @click.option(
+    "--variant",
+    default=None,
+    help="A published sampler (see derive list): derived as a special case of the derivation or as a stated "
+    "departure from it, with its order conditions. Takes no other derivation option.",
+)
+@click.option(
     "--format", "fmt", default="text", show_default=True, help=f"Output format: {', '.join(FORMATS)}."
 )
 @click.option(
@@ -84,14 +90,30 @@ def make_spec(family, order, phi, dynamics=None, prediction=None, schedule=None,
     default=None,
     help="Write to FILE instead of stdout.",
 )
-def explain(family, order, phi, dynamics, prediction, schedule, variable, fmt, out) -> None:
+@click.pass_context
+def explain(ctx, family, order, phi, dynamics, prediction, schedule, variable, variant, fmt, out) -> None:
     """Walk through the derivation of one solver: each step's SymPy expressions and the checks that ran.
 
     Exits 3 (after writing the walk-through, with the failure marked) if a derived identity fails its check.
     """
     _choice("format", fmt, FORMATS)
-    spec = make_spec(family, order, phi, dynamics, prediction, schedule, variable)
-    explanation = build_explanation(spec)
+    if variant is not None:
+        given = [
+            name
+            for name in ("family", "order", "phi", "dynamics", "prediction", "schedule", "variable")
+            if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+        ]
+        if given:
+            raise SpecError(
+                f"--variant takes no derivation options (the variant fixes them), got --{given[0]}"
+            )
+        from derive.explain.variant import build_variant_explanation
+
+        explanation = build_variant_explanation(variant)
+        spec = explanation.spec
+    else:
+        spec = make_spec(family, order, phi, dynamics, prediction, schedule, variable)
+        explanation = build_explanation(spec)
     text = render(explanation, fmt)
     if out is None:
         click.echo(text, nl=False)

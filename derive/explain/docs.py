@@ -27,8 +27,16 @@ import re
 import sys
 
 from derive.errors import DerivationError, DeriveError
-from derive.explain.render import code_span, markdown_escape, markdown_formula, render_markdown
+from derive.explain.render import (
+    _summary,
+    code_span,
+    markdown_escape,
+    markdown_formula,
+    markdown_step,
+    render_markdown,
+)
 from derive.explain.steps import build_explanation, special_cases
+from derive.explain.variant import build_variant_explanation
 from derive.spec import CATALOGUE, FAMILIES, Spec
 from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
 
@@ -116,14 +124,37 @@ def _family_page(family: str) -> str:
     parts = [HEADER, f"# {markdown_escape(title)}"]
     parts += [markdown_escape(text) if not text.startswith("|") else text for text in intro]
     parts.append(
-        f"Below, the derivation of each solver of this family in the catalogue, at order {DOC_ORDER}, exactly as "
-        "`derive explain` prints it with `--format markdown`: every formula is the SymPy expression the "
-        "derivation holds at that point, and every check listed ran while this page was generated."
+        f"Below, the derivation of each solver of this family in the catalogue, at order {DOC_ORDER}, as "
+        "`derive explain --format markdown` prints it: every formula is the SymPy expression the derivation "
+        "holds at that point, and every check ran while this page was generated. A step that reads exactly as "
+        "in an earlier section is not repeated. The checks a learner needs are shown open; the engineering "
+        "checks (float64 bookkeeping, transcription of the code) are folded away. Read "
+        "[Start here](../start.md) first; the symbols are those of the [notation page](../notation.md)."
     )
+    parts.append(markdown_escape(explanations[0].legend[0]))
+    # each idea once: a step that reads as in an earlier section is referred to, and inside a new step a formula
+    # or a paragraph printed before is left out
+    seen: dict[str, str] = {}
+    blocks: set[str] = set()
     for explanation in explanations:
-        parts.append(f"## {markdown_escape(_section_title(explanation.spec))}")
+        section = _section_title(explanation.spec)
+        parts.append(f"## {markdown_escape(section)}")
         parts.append(markdown_escape(explanation.title) + ".")
-        parts.append(render_markdown(explanation, level=2, header=False).rstrip())
+        parts.append(f"```sh\n{explanation.command}\n```")
+        for step in explanation.steps:
+            text = markdown_step(step, 3)
+            body = text.split("\n", 1)[1]
+            if body not in seen:
+                text = markdown_step(step, 3, blocks)
+            if body in seen:
+                parts.append(
+                    f"### {step.number}. {markdown_escape(step.title)}\n\nAs in *{markdown_escape(seen[body])}* "
+                    "above (the same expressions and checks)."
+                )
+            else:
+                seen[body] = section
+                parts.append(text)
+        parts.append(markdown_escape(_summary(explanation)))
     return "\n\n".join(parts) + "\n"
 
 
@@ -137,9 +168,21 @@ def _special_cases_page() -> str:
         "# Special cases",
         (
             "The exact ER SDE step contains the classical samplers. Each statement below is derived with SymPy "
-            "and checked every time this page is generated, and by every `derive explain` (step 9). s_i and "
-            "s_i+1 are the noise levels at both ends of a step; the mean-reverting and VP statements hold for "
-            "every phi, since the family update only rescales and shifts the normalized one."
+            "and checked every time this page is generated, and by every `derive explain` (step 9). The "
+            "mean-reverting and VP statements hold for every phi, since the family update only rescales and "
+            "shifts the normalized one. The published multistep samplers (DPM-Solver++, ER-SDE-Solver, MRS) are "
+            "derived as special cases or departures on [Published samplers, derived](published-samplers.md)."
+        ),
+        (
+            "Symbols ([notation](../notation.md)): s\\_i and s\\_{i+1} are the normalized noise levels at both "
+            "ends of a step; y = x/alpha is the normalized state and x the family's own; x0 (in the DDIM and DDPM "
+            "statements) is the data prediction of the step; P is a stored prediction and Sigma\\_w = sum\\_j w\\_j "
+            "the sum of the weights (so Sigma\\_w P is the prediction term for a constant prediction); r is the "
+            "ratio phi(s\\_{i+1})/phi(s\\_i) (1 in the noise form), sqrt(v) and sqrt(v\\_epsilon) the standard "
+            "deviations of the injected noise of the data and the noise form; z ~ N(0, I); alpha and "
+            "alpha\\_next are the family's alpha at both ends of the step, mu its mean (mean-reverting family). "
+            "DDPM here means ancestral sampling with the posterior variance betatilde (diffusers' "
+            "`fixed_small`); with beta (`fixed_large`) it is a departure, derived on the published-samplers page."
         ),
     ]
     for check in results:
@@ -150,6 +193,45 @@ def _special_cases_page() -> str:
             f"Checked: {markdown_escape(check.method)}, residual {code_span(check.residual)} "
             f"(ran: {code_span(check.source)})."
         )
+    return "\n\n".join(parts) + "\n"
+
+
+#: the published samplers derived on docs/generated/published-samplers.md (``derive explain --variant`` shows any)
+PUBLISHED = (
+    "ddim",
+    "ddpm",
+    "dpmpp_2m_heun",
+    "dpmpp_2m",
+    "dpmpp_3m",
+    "ersde_solver_1",
+    "ersde_solver_2",
+    "ersde_solver_3",
+    "mrs_ode_2_data",
+    "mrs_ode_3_data",
+)
+
+
+def _published_page() -> str:
+    parts = [
+        HEADER,
+        "# Published samplers, derived",
+        (
+            "Each published sampler below is written with the derivation's own pieces (derive/variants.py) and "
+            "then compared with the derived update of the same cost: where its weights equal the derived ones it "
+            "is a special case; where they differ, the order conditions say which one fails and by how much. "
+            "Every page section is `derive explain --variant NAME --format markdown`; the measured orders are "
+            "in [claims](../claims.md)."
+        ),
+    ]
+    for key in PUBLISHED:
+        explanation = build_variant_explanation(key)
+        if explanation.failed:
+            names = ", ".join(check.name for check in explanation.failed)
+            raise DerivationError(
+                f"derived identity failed while generating the docs for variant {key}: {names}"
+            )
+        parts.append(f"## {markdown_escape(explanation.title)}")
+        parts.append(render_markdown(explanation, level=2, header=False).rstrip())
     return "\n\n".join(parts) + "\n"
 
 
@@ -410,6 +492,7 @@ def render_docs() -> dict[str, str]:
     """Every generated page: ``{path relative to docs/: text}`` (runs every derivation and check)."""
     pages = {f"{GENERATED}/{family}.md": _family_page(family) for family in FAMILIES}
     pages[f"{GENERATED}/special-cases.md"] = _special_cases_page()
+    pages[f"{GENERATED}/published-samplers.md"] = _published_page()
     pages["reference.md"] = _reference_page()
     return dict(sorted(pages.items()))
 

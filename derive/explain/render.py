@@ -15,7 +15,9 @@ import sympy as sp
 from sympy.printing.pretty.pretty import PrettyPrinter
 from sympy.printing.pretty.stringpict import prettyForm
 
+from derive import variants as _variants
 from derive.explain.steps import CheckResult, Explanation, Formula, Step
+from derive.symbolic import ersde as _ersde
 from derive.symbolic import families
 from derive.symbolic.ersde import sigma, sigma_next
 
@@ -24,7 +26,9 @@ WIDTH = 100
 
 _COMMON_NAMES = {
     families.eps: sp.Symbol("epsilon", real=True),
-    families.weight_sum: sp.Symbol("W", real=True),
+    families.weight_sum: sp.Symbol("Sigma_w", real=True),
+    _variants.step: sp.Symbol("h", real=True),
+    _ersde.v: sp.Symbol("tau", nonpositive=True),
 }
 _PRETTY_NAMES = {
     sigma: sp.Symbol("s_i", positive=True),
@@ -267,15 +271,76 @@ def markdown_checks(checks: Iterable[CheckResult]) -> str:
     return "\n\n".join(parts)
 
 
-def markdown_step(step: Step, level: int = 2) -> str:
+#: the checks a learner reads (shown open); every other check is engineering and folded away
+LEARNER_CHECKS = (
+    "phi = s is DDIM",
+    "phi = s^2 is DDPM ancestral sampling",
+    "phi = s is the ODE",
+    "phi = s^2 is the SDE",
+    "variance-exploding marginal",
+    "integrating factor",
+    "variance as a derivative",
+    "order conditions",
+    "local order",
+)
+
+
+def _indented(text: str, prefix: str = "    ") -> str:
+    return "\n".join(prefix + line if line.strip() else "" for line in text.splitlines())
+
+
+def _markdown_key_check(check: CheckResult) -> str:
+    kind = "success" if check.passed else "failure"
+    head = f'!!! {kind} "{"Checked" if check.passed else "FAILED"}: {check.name}"'
+    detail = (
+        f"{markdown_escape(check.statement)}. Method: {markdown_escape(check.method or '-')}; residual "
+        f"{code_span(check.residual)}."
+    )
+    parts = [detail, *(markdown_formula(equation) for equation in check.equations)]
+    return head + "\n\n" + _indented("\n\n".join(parts))
+
+
+REPEATED = "*(As in the first section above.)*"
+
+
+def markdown_step(step: Step, level: int = 2, seen: set[str] | None = None) -> str:
+    """One step as Markdown. With ``seen`` (the blocks printed earlier on the page), a formula or a paragraph
+    printed before is left out (a run of them becomes one line saying so), and the new ones are added."""
     parts = [f"{'#' * level} {step.number}. {markdown_escape(step.title)}"]
-    for block in step.body:
-        parts.append(markdown_formula(block) if isinstance(block, Formula) else markdown_escape(block))
-    if step.notes:
-        parts.append("\n".join(f"- {markdown_escape(note)}" for note in step.notes))
-    if step.checks:
-        parts.append(f"**Checks** ({sum(c.passed for c in step.checks)} of {len(step.checks)} passed)")
-        parts.append(markdown_checks(step.checks))
+    texts = [markdown_formula(b) if isinstance(b, Formula) else markdown_escape(b) for b in step.body]
+    repeated = [seen is not None and text in seen for text in texts]
+    for index, (block, text) in enumerate(zip(step.body, texts)):
+        # a paragraph printed before stays when it introduces a new formula
+        follows = index + 1 < len(texts) and isinstance(step.body[index + 1], Formula)
+        introduces = follows and not repeated[index + 1]
+        if repeated[index] and (isinstance(block, Formula) or not introduces):
+            if parts[-1] != REPEATED:
+                parts.append(REPEATED)
+            continue
+        if seen is not None:
+            seen.add(text)
+        parts.append(text)
+    key = [check for check in step.checks if check.name in LEARNER_CHECKS]
+    rest = [check for check in step.checks if check.name not in LEARNER_CHECKS]
+    for check in key:
+        text = _markdown_key_check(check)
+        if seen is not None and text in seen and check.passed:
+            continue
+        if seen is not None:
+            seen.add(text)
+        parts.append(text)
+    if rest or step.notes:
+        passed = sum(c.passed for c in rest)
+        failed = len(rest) - passed
+        kind = "failure" if failed else "note"
+        opened = "???+" if failed else "???"
+        title = f"Engineering checks: {passed} of {len(rest)} passed" if rest else "Engineering notes"
+        inner = []
+        if step.notes:
+            inner.append("\n".join(f"- {markdown_escape(note)}" for note in step.notes))
+        if rest:
+            inner.append(markdown_checks(rest))
+        parts.append(f'{opened} {kind} "{title}"\n\n' + _indented("\n\n".join(inner)))
     return "\n\n".join(parts)
 
 

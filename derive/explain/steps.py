@@ -12,7 +12,7 @@ where SymPy cannot decide) what the derivation code relies on without asserting 
 
 * the forward process: the prediction conversions invert the marginal; f, g^2 and lambda solve the mean and
   variance equations; ``y = (x - mu)/alpha`` has no drift and the variance-exploding diffusion in ``s``;
-* the reverse dynamics: ``phi = s`` gives ``h = 0`` and ``phi = s^2`` gives ``h = g``; in the noise form the
+* the reverse dynamics: ``phi = s`` gives ``gamma = 0`` and ``phi = s^2`` gives ``gamma = g``; in the noise form the
   drift is ``(s phi'/phi) eps``; the closed forms of the noise-form weights equal their quadrature;
 * the family update maps back to the normalized update;
 * the special cases (:func:`special_cases`): DDIM, DDPM ancestral sampling, mean reversion as a shift, VP as
@@ -63,8 +63,10 @@ X_NEXT = sp.Symbol("x_i+1", real=True)
 Z = sp.Symbol("z", real=True)
 R = sp.Symbol("r", real=True)
 V = sp.Symbol("v", real=True)
-W_VAR = sp.Symbol("w", real=True)
-H = sp.Symbol("h", real=True)
+#: the variance of the noise-form step (v_epsilon; v is the data form's)
+W_VAR = sp.Symbol("v_epsilon", real=True)
+#: the diffusion coefficient of the reverse-time SDE (the injected noise); h is the step
+H = sp.Symbol("gamma", real=True)
 G = sp.Symbol("g", real=True)
 B = sp.Symbol("b", real=True)
 Y_0 = sp.Symbol("y_0", real=True)
@@ -176,6 +178,17 @@ def _uncached(function: Callable) -> Callable:
     return getattr(function, "__wrapped__", function)
 
 
+#: the statements of derive.checks in the pages' notation (docs/notation.md), by check name: s_i, s_i+1 for
+#: sigma, sigma_next (s'), gamma for the reverse diffusion h, xhat_0 for the prediction x0
+NOTATION_STATEMENTS = {
+    "drift": "dy/ds = (phi'/phi)(y - xhat_0) plus the noise gamma dWbar, gamma^2 = 2 s (s phi'/phi - 1)",
+    "exact mean": "y(s) = r(s) y_i + (1 - r(s)) xhat_0 solves the drift for a constant xhat_0",
+    "variance": "V(s) = s^2 - s_i^2 r(s)^2 solves dV/ds = 2 (phi'/phi) V - gamma^2 with V(s_i) = 0",
+    "integration by parts": "c_n = (s_i+1 - s_i)^n/n! + phi(s_i+1) int (s - s_i)^(n-1)/((n-1)! phi) ds",
+    "ratio and variance": "r = phi(s_i+1)/phi(s_i) and v = s_i+1^2 - s_i^2 r^2 solve the SDE for this phi",
+}
+
+
 def _run_derive_checks(source: str, function: Callable, *args) -> list[CheckResult]:
     """Run a check of :mod:`derive.checks` (returns Check records, raises DerivationError on failure)."""
     try:
@@ -193,7 +206,10 @@ def _run_derive_checks(source: str, function: Callable, *args) -> list[CheckResu
         ]
     if isinstance(out, _checks.Check):
         out = (out,)
-    return [CheckResult(c.name, c.statement, c.method, c.residual, True, source) for c in out]
+    return [
+        CheckResult(c.name, NOTATION_STATEMENTS.get(c.name, c.statement), c.method, c.residual, True, source)
+        for c in out
+    ]
 
 
 def _short(expr) -> str:
@@ -430,7 +446,7 @@ def _forward(ctx: _Context) -> Step:
             body.show(*(Formula(symbol, sp.Float(value, 6)) for symbol, value in schedule.parameters))
         if family.velocity is not None:
             body.say(f"The velocity is defined as {family.velocity_doc}:")
-            body.show(Formula(sp.Symbol("v", real=True), family.velocity))
+            body.show(Formula(sp.Symbol("xdot_t", real=True), family.velocity))
     body.say(
         "The model's output (output) is converted to the data and the noise prediction by solving the marginal"
         + (" and the velocity's definition" if family.velocity is not None else "")
@@ -493,7 +509,7 @@ def _coefficients_step(ctx: _Context) -> Step:
     a, sg = schedule.alpha, schedule.sigma
     f, g2, lam, s_t = d.drift, d.diffusion2, d.log_snr_half, d.normalized_sigma
     body.say(
-        "SymPy derives the forward SDE dx = f(t) (x - mu) dt + g(t) dw whose marginals are the family's "
+        "SymPy derives the forward SDE dx = f(t) (x - mu) dt + g(t) dW whose marginals are the family's "
         "(mu = 0 unless the family is mean-reverting): f = alpha'/alpha from the mean and g^2 from the variance, "
         "together with the half log-SNR lambda = log(alpha/sigma) and the normalized noise level s = sigma/alpha "
         "(derive_family):",
@@ -532,6 +548,15 @@ def _coefficients_step(ctx: _Context) -> Step:
 
 
 # ---- 3. the reverse dynamics ----------------------------------------------------------------------------------
+def _at_phi(expr: sp.Expr, phi: sp.Expr) -> sp.Expr:
+    """``expr`` (in the generic phi(s)) with phi and phi' replaced, left unsimplified: the substitution shown."""
+    derivative = sp.diff(phi, s)
+    with sp.evaluate(False):
+        return expr.xreplace(
+            {sp.Derivative(_ersde.phi_generic(s), s): derivative, _ersde.phi_generic(s): phi}
+        )
+
+
 def _reverse(ctx: _Context) -> Step:
     phi_g = _ersde.phi_generic(s)
     drift_g, h2_g = _ersde.drift_and_diffusion(phi_g)
@@ -542,20 +567,23 @@ def _reverse(ctx: _Context) -> Step:
     _, h2_sde = _ersde.drift_and_diffusion(s**2)
     body = _Body()
     body.say(
-        "Reverse time is described by the extended reverse-time SDE (ER SDE), dy = b ds + h dw in decreasing s: "
+        "Reverse time is described by the extended reverse-time SDE (ER SDE), dy = b ds + gamma dWbar in "
+        "decreasing s (gamma: the diffusion coefficient of the reverse SDE, Wbar: a reverse-time Wiener process): "
         "every member has the forward process's marginals, and a noise-scale function phi chooses how much noise "
         "it injects. With the score written through the data prediction, (xhat_0 - y)/s^2, the drift is linear "
         "in y. For a generic phi (drift_and_diffusion):",
     )
-    body.show(Formula(B, drift_g), Formula(H**2, h2_g))
+    body.show(Formula(B, drift_g.subs(_families.x0, XHAT_SYMBOL)), Formula(H**2, h2_g))
     body.say(
         "So the fraction of the forward diffusion g^2 = 2s that is re-injected depends on phi alone:",
     )
     body.show(Formula(H**2 / G**2, fraction_g))
     body.say(
-        "phi = s injects none (h = 0: the probability-flow ODE, sampled by DDIM); phi = s^2 injects all of it "
-        "(h = g: the reverse SDE, sampled by DDPM). Any other phi is admissible when it is positive and finite "
-        "with phi(s)/s non-decreasing, i.e. h^2 >= 0; check_phi verifies this before anything is derived.",
+        "phi = s injects none (gamma = 0: the probability-flow ODE, sampled by DDIM); phi = s^2 injects all of "
+        "it (gamma = g: the reverse SDE, sampled by DDPM with the posterior variance betatilde). Any other phi is "
+        "admissible when it is positive and finite with phi(s)/s non-decreasing, i.e. gamma^2 >= 0; check_phi "
+        f"verifies this before anything is derived, on s in [{_admissibility.DEFAULT_S_LO:g}, "
+        f"{_admissibility.DEFAULT_S_HI:g}] only (outside that range nothing is checked).",
         f"This spec's phi ({ctx.spec.resolved_dynamics} dynamics) and its noise fraction (noise_fraction):",
     )
     body.show(
@@ -568,7 +596,8 @@ def _reverse(ctx: _Context) -> Step:
         body.say("In the family's time t the injected noise is the same fraction of its own g(t)^2:")
         body.show(
             Formula(
-                sp.Function("h")(t) ** 2, d.diffusion2 * ctx.step.noise_fraction.subs(s, d.normalized_sigma)
+                sp.Function("gamma")(t) ** 2,
+                d.diffusion2 * ctx.step.noise_fraction.subs(s, d.normalized_sigma),
             )
         )
     checks = _pick(ctx.generic, "drift", failures=True)
@@ -581,7 +610,7 @@ def _reverse(ctx: _Context) -> Step:
         CheckResult(
             "admissibility",
             f"phi is positive, finite and phi(s)/s is non-decreasing on [{_admissibility.DEFAULT_S_LO:g}, "
-            f"{_admissibility.DEFAULT_S_HI:g}] (h^2 >= 0)",
+            f"{_admissibility.DEFAULT_S_HI:g}] (gamma^2 >= 0); outside that range it is not checked",
             method,
             "none",
             True,
@@ -589,17 +618,27 @@ def _reverse(ctx: _Context) -> Step:
         )
     )
     checks.append(
-        _identity("phi = s is the ODE", "phi = s gives h^2 = 0", h2_ode, equations=(Formula(H**2, h2_ode),))
+        _identity(
+            "phi = s is the ODE",
+            "phi = s gives gamma^2 = 0",
+            h2_ode,
+            equations=(Formula(_at_phi(h2_g, s), h2_ode, "the generic gamma^2 with phi = s, phi' = 1"),),
+        )
     )
     checks.append(
         _identity(
-            "phi = s^2 is the SDE", "phi = s^2 gives h^2 = g^2", h2_sde - g2, equations=(Formula(h2_sde, g2),)
+            "phi = s^2 is the SDE",
+            "phi = s^2 gives gamma^2 = g^2",
+            h2_sde - g2,
+            equations=(
+                Formula(_at_phi(h2_g, s**2), g2, "the generic gamma^2 with phi = s^2, phi' = 2s; g^2 = 2s"),
+            ),
         )
     )
     checks.append(
         _identity(
             "noise fraction",
-            "noise_fraction = h^2/g^2 for this phi",
+            "noise_fraction = gamma^2/g^2 for this phi",
             ctx.step.noise_fraction - h2 / g2,
             points=[{s: a} for a, _ in STEP_POINTS],
         )
@@ -652,7 +691,7 @@ def _normalize(ctx: _Context) -> Step:
     body.say(
         "By Ito's formula y has drift (f - alpha'/alpha)(x - mu)/alpha and diffusion g/alpha. The drift "
         "vanishes, and per unit of s the squared diffusion g^2/(alpha^2 ds/dt) is 2s = d(s^2)/ds: the "
-        "variance-exploding process the ER SDE step is derived for. The injected noise h transforms the same "
+        "variance-exploding process the ER SDE step is derived for. The injected noise gamma transforms the same "
         "way, so the ER SDE in x is the ER SDE in y:"
     )
     y_drift = sp.simplify(f - sp.diff(a, time) / a)
@@ -670,7 +709,7 @@ def _normalize(ctx: _Context) -> Step:
         ),
         _identity(
             "injected noise transforms",
-            "h_t^2/alpha^2 dt = h_s^2 ds for every phi (N = h^2/g^2 at s(t))",
+            "gamma_t^2/alpha^2 dt = gamma_s^2 ds for every phi (N = gamma^2/g^2 at s(t))",
             fraction * (g2 / a**2 - 2 * s_t * sp.diff(s_t, time)),
             points=[{**p, fraction: 1} for p in points],
         ),
@@ -700,10 +739,45 @@ def _exact(ctx: _Context) -> Step:
         )
         body.say(
             "The drift is linear in y, so variation of constants solves the step from s_i down to s_i+1 exactly, "
-            "whatever the data prediction does along the way; the noise enters as a Gaussian whose variance "
-            "solves the SDE's variance equation (z ~ N(0, I)). For any phi:",
+            "whatever the data prediction does along the way. Divide y by phi: by the product rule and the "
+            "drift dy/ds = (phi'/phi)(y - xhat_0), the terms in y cancel,",
+        )
+        y_of_s = sp.Function("y")(s)
+        drift_g = sp.diff(phi_g(s), s) / phi_g(s) * (y_of_s - XHAT(s))
+        quotient = sp.diff(y_of_s / phi_g(s), s)
+        integrating = -sp.diff(phi_g(s), s) / phi_g(s) ** 2 * XHAT(s)
+        with sp.evaluate(False):
+            shown = quotient.subs(sp.Derivative(y_of_s, s), drift_g)
+        body.show(Formula(sp.Derivative(y_of_s / phi_g(s), s), shown), Formula(shown, integrating))
+        body.say(
+            "so integrating from s_i to s_i+1 and multiplying by phi(s_i+1) gives the mean of the step. The noise "
+            "adds to y/phi the increments gamma dWbar/phi, independent Gaussians whose variances add up to the "
+            "integral of gamma^2/phi^2, an exact derivative:"
+        )
+        gamma2_g = _ersde.drift_and_diffusion(phi_g(s))[1]
+        body.show(
+            Formula(H**2 / phi_g(s) ** 2, gamma2_g / phi_g(s) ** 2),
+            Formula(gamma2_g / phi_g(s) ** 2, -sp.Derivative(s**2 / phi_g(s) ** 2, s)),
+        )
+        body.say(
+            "so the variance of the step is phi(s_i+1)^2 (s_i+1^2/phi(s_i+1)^2 - s_i^2/phi(s_i)^2) = "
+            "s_i+1^2 - s_i^2 r^2 (z ~ N(0, I)). For any phi:"
         )
         body.show(Formula(Y_NEXT, generic))
+        checks.append(
+            _identity(
+                "integrating factor",
+                "d/ds (y/phi) = -(phi'/phi^2) xhat_0 along the drift, for a generic phi",
+                sp.simplify(quotient.subs(sp.Derivative(y_of_s, s), drift_g) - integrating),
+            )
+        )
+        checks.append(
+            _identity(
+                "variance as a derivative",
+                "gamma^2/phi^2 = -d/ds (s^2/phi^2), for a generic phi",
+                sp.simplify(gamma2_g / phi_g(s) ** 2 + sp.diff(s**2 / phi_g(s) ** 2, s)),
+            )
+        )
         body.say("For this phi, with weight_density = phi'/phi^2, the ratio r and the noise_variance v:")
         body.show(Formula(Y_NEXT, specific), Formula(R, step.ratio), Formula(V, step.noise_variance))
         checks += _pick(ctx.generic, "exact mean", "variance")
@@ -721,7 +795,7 @@ def _exact(ctx: _Context) -> Step:
     body.show(Formula(B, sp.simplify(drift.subs(y, x0 + s * eps))))
     body.say(
         "Holding the noise prediction as a function of s over the step (the noise-prediction form, as in "
-        "DPM-Solver) the step integrates directly, and the noise adds the integral of h^2 (z ~ N(0, I)):",
+        "DPM-Solver) the step integrates directly, and the noise adds the integral of gamma^2 (z ~ N(0, I)):",
     )
     body.show(
         Formula(
@@ -731,10 +805,10 @@ def _exact(ctx: _Context) -> Step:
         Formula(W_VAR, sp.Integral(h2, (s, sigma_next, sigma))),
     )
     if w_closed is not None:
-        body.say("SymPy's closed form of w:")
+        body.say("SymPy's closed form of v_epsilon:")
         body.show(Formula(W_VAR, w_closed))
     else:
-        body.say("SymPy finds no closed form of w; it is integrated numerically (step 6).")
+        body.say("SymPy finds no closed form of v_epsilon; it is integrated numerically (step 6).")
     body.say("(The data form of the same step has ratio r:)")
     body.show(Formula(R, step.ratio))
     checks.append(
@@ -751,7 +825,8 @@ def _exact(ctx: _Context) -> Step:
         checks.append(
             _identity(
                 "noise-form variance",
-                "w(s_i, s_i+1) is the integral of h^2: dw/ds_i = h^2(s_i) and w = 0 when s_i+1 = s_i",
+                "v_epsilon(s_i, s_i+1) is the integral of gamma^2: its derivative in s_i is gamma^2(s_i) and it is "
+                "0 when s_i+1 = s_i",
                 (sp.diff(w_closed, sigma) - h2.subs(s, sigma)) ** 2 + w_closed.subs(sigma_next, sigma) ** 2,
                 points=_step_points(),
             )
@@ -760,18 +835,23 @@ def _exact(ctx: _Context) -> Step:
 
 
 # ---- 6. expansion and weights ---------------------------------------------------------------------------------
+def _label(q: _coefficients.Quantity) -> str:
+    """The quantity's name in the pages' notation (the plan calls the noise form's variance w; here v_epsilon)."""
+    return "v_epsilon" if q.label == "w" else q.label
+
+
 def _quantity_notes(ctx: _Context, q: _coefficients.Quantity) -> str:
     plan = ctx.plan
     if q.kind == "closed" and q.closed == 0:
-        return f"{q.label} = 0 exactly."
+        return f"{_label(q)} = 0 exactly."
     if q.kind == "closed" and q.series:
         return (
-            f"{q.label}: closed form for relative steps (s_i - s_i+1)/s_i >= {q.threshold:.3g} (rounding error "
+            f"{_label(q)}: closed form for relative steps (s_i - s_i+1)/s_i >= {q.threshold:.3g} (rounding error "
             f"{q.closed_error:.1e}); below that a {len(q.series)}-term small-step series (truncation error "
             f"{q.series_error:.1e} at the switch), because the closed form cancels for short steps."
         )
     if q.kind == "closed":
-        return f"{q.label}: closed form (rounding error {q.closed_error:.1e})."
+        return f"{_label(q)}: closed form (rounding error {q.closed_error:.1e})."
     if q.closed is None:
         reason = "SymPy found no closed form"
         if ctx.variable != "s" and q.label[-1] != "0" and q.label not in ("v", "w"):
@@ -779,7 +859,7 @@ def _quantity_notes(ctx: _Context, q: _coefficients.Quantity) -> str:
     else:
         reason = "SymPy's closed form loses accuracy to cancellation for short steps and no small-step series repaired it"
     return (
-        f"{q.label}: {plan.quadrature_nodes}-point Gauss-Legendre quadrature in log s ({reason}); the integrand is "
+        f"{_label(q)}: {plan.quadrature_nodes}-point Gauss-Legendre quadrature in log s ({reason}); the integrand is "
         f"smooth and one-signed in log s."
     )
 
@@ -832,7 +912,7 @@ def _weights(ctx: _Context) -> Step:
             "divided by phi only; the identity behind it is checked for a generic phi."
         )
     for n, q in enumerate(ctx.plan.weights):
-        body.say(f"{q.label}, by definition:")
+        body.say(f"{_label(q)}, by definition:")
         body.show(Formula(c[n], _weight_integral(ctx, n)))
         if q.closed is not None:
             body.say("SymPy's closed form:")
@@ -850,12 +930,12 @@ def _weights(ctx: _Context) -> Step:
                 body.say("Expanded in lambda, the weights with n > 0 are only integrated numerically.")
         for m, coefficient in enumerate(q.series[:2]):
             body.say(
-                f"Small-step series of {q.label} (series_coefficients), coefficient {m} of {len(q.series)}:"
+                f"Small-step series of {_label(q)} (series_coefficients), coefficient {m} of {len(q.series)}:"
             )
             body.show(Formula(sp.Symbol(f"a_{m}"), coefficient))
     if any(q.kind == "quadrature" for q in ctx.plan.quantities):
         body.say(
-            "Where there is no usable closed form the coefficient is integrated numerically: in v = log(s/s_i) the "
+            "Where there is no usable closed form the coefficient is integrated numerically: in tau = log(s/s_i) the "
             "integrand is smooth and one-signed over the whole step, so a fixed Gauss-Legendre rule is accurate "
             "at every step size."
         )
@@ -890,8 +970,8 @@ def _weights(ctx: _Context) -> Step:
             method = "mpmath at 30 digits, against a 96-point rule"
         checks.append(
             _numeric(
-                f"{q.label} in float64",
-                f"the float64 evaluation of {q.label} ({how}) is accurate to {limit:g} relative",
+                f"{_label(q)} in float64",
+                f"the float64 evaluation of {_label(q)} ({how}) is accurate to {limit:g} relative",
                 method,
                 error,
                 limit,
@@ -921,8 +1001,8 @@ def _noise_closed_form_checks(ctx: _Context) -> list[CheckResult]:
                 worst = max(worst, float(abs(value - exact) / scale))
         out.append(
             _numeric(
-                f"{q.label} closed form",
-                f"SymPy's closed form of {q.label} equals the quadrature of its integral",
+                f"{_label(q)} closed form",
+                f"SymPy's closed form of {_label(q)} equals the quadrature of its integral",
                 "mpmath (Gauss-Legendre reference quadrature)",
                 worst,
                 1e-25,
@@ -1003,7 +1083,7 @@ def _update(ctx: _Context) -> Step:
         )
         return Step(8, "update", title, tuple(body), tuple(checks))
     alpha, mu = _families.alpha, _families.mu
-    total = sp.Symbol("S", real=True)  # sum_j w_j P_{i-j}
+    total = sp.Symbol("Sigma_wP", real=True)  # sum_j w_j P_{i-j}
     m = mu if family.mean_reverting else sp.Integer(0)
     family_expr = update.A * X_I + update.B * total + update.C * Z + update.M * m
     # the normalized update with y = (x - mu)/alpha and, in the data form, predictions shifted by mu
@@ -1021,13 +1101,10 @@ def _update(ctx: _Context) -> Step:
     else:
         body.say(
             "In the family's own coordinates family_update substitutes y = (x - mu)/alpha into the normalized "
-            "update and collects (alpha_next is alpha at the next step, S = sum_j w_j P[i-j], W = sum_j w_j):"
+            "update and collects (alpha_next is alpha at the next step, Sigma_wP = sum_j w_j P_i-j and "
+            "Sigma_w = sum_j w_j):"
         )
-        body.show(
-            Formula(X_NEXT, family_expr.subs({_families.weight_sum: sp.Symbol("W", real=True)})),
-            Formula(sp.Symbol("ratio"), ratio),
-            Formula(sp.Symbol("std"), std),
-        )
+        body.show(Formula(X_NEXT, family_expr.subs({_families.ratio: ratio, _families.std: std})))
         prediction = ctx.spec.resolved_prediction
         if prediction == "velocity":
             body.say("The stored predictions are the model's velocity output converted to x0:")
@@ -1039,10 +1116,78 @@ def _update(ctx: _Context) -> Step:
             residual,
         )
     )
-    return Step(8, "update", title, tuple(body), tuple(checks), (f"family_update text: {update.text}",))
+    body.extend(_sample_step(ctx, weights))
+    return Step(8, "update", title, tuple(body), tuple(checks))
+
+
+#: the sample step whose coefficients the walk-through shows as numbers: s_i = 1 down to s_i+1 = 1/2
+SAMPLE_STEP = (1.0, 0.5)
+
+
+def _sample_nodes(variable: str, order: int) -> list[float]:
+    """s_i, s_i-1, ... for equally spaced stored outputs in the expansion variable (the step's own spacing)."""
+    a, b = SAMPLE_STEP
+    if variable == "s":
+        return [a + j * (a - b) for j in range(order)]
+    return [a * (a / b) ** j for j in range(order)]
+
+
+def _sample_step(ctx: _Context, weights: list[sp.Expr]) -> list:
+    """The coefficients of one step as numbers (mpmath, 30 digits, printed to 10)."""
+    a, b = SAMPLE_STEP
+    order, variable = ctx.order, ctx.variable
+    nodes = _sample_nodes(variable, order)
+    digits = 10
+    with mpmath.workdps(30):
+        values = {
+            q.label: _coefficients.mp_quantity(q, a, b) for q in (*ctx.plan.weights, ctx.plan.noise_variance)
+        }
+        offset = sp.lambdify((sigma, sigma_next), _ersde.node_offset(variable), "mpmath")
+        deltas = [offset(mpmath.mpf(a), mpmath.mpf(node)) for node in nodes[1:]]
+        ratio = mpmath.mpf(str(sp.N(ctx.step.ratio.subs({sigma: a, sigma_next: b}), 30)))
+
+    def number(value) -> sp.Float:
+        return sp.Float(mpmath.nstr(value, digits), digits)
+
+    c = _weight_symbols(ctx)
+    subs = {c[n]: sp.Float(mpmath.nstr(values[q.label], 25), 25) for n, q in enumerate(ctx.plan.weights)}
+    subs.update(
+        {
+            delta: sp.Float(mpmath.nstr(value, 25), 25)
+            for delta, value in zip(_interpolation.offset_symbols(order), deltas)
+        }
+    )
+    variance = W_VAR if ctx.form == "noise" else V
+    out: list = [
+        (
+            f"A sample step, as numbers: s_i = {a:g} down to s_i+1 = {b:g}, the stored outputs at "
+            + ", ".join(f"s_i-{j} = {node:g}" for j, node in enumerate(nodes[1:], start=1))
+            + (f" (equally spaced in {'s' if variable == 's' else 'lambda'})" if order > 1 else "")
+            + f"; mpmath at 30 digits, printed to {digits}."
+        )
+    ]
+    shown = [Formula(R, number(ratio))] if ctx.form == "data" else []
+    shown.append(Formula(variance, number(values[ctx.plan.noise_variance.label])))
+    shown += [Formula(c[n], number(values[q.label])) for n, q in enumerate(ctx.plan.weights)]
+    shown += [
+        Formula(sp.Symbol(f"w_{j}", real=True), number(sp.N(weights[j].subs(subs), 25))) for j in range(order)
+    ]
+    out.extend(shown)
+    total = sum(sp.N(weights[j].subs(subs), 25) for j in range(order))
+    out.append(
+        "The weights sum to "
+        + ("c_0" if ctx.form == "data" else "-e_0")
+        + f" = {mpmath.nstr(sp.N(total, 25), digits)}: a constant prediction is carried exactly."
+    )
+    return out
 
 
 # ---- 9. special cases ----------------------------------------------------------------------------------------
+def _std_symbol(form: str) -> sp.Expr:
+    """sqrt(v) (data form) or sqrt(v_epsilon) (noise form): the standard deviation of the injected noise."""
+    return sp.sqrt(V if form == "data" else W_VAR)
+
+
 def special_cases() -> tuple[CheckResult, ...]:
     """The solutions the ER SDE step reduces to, stated as identities and checked with SymPy (never cached).
 
@@ -1081,7 +1226,7 @@ def special_cases() -> tuple[CheckResult, ...]:
     out.append(
         _identity(
             "phi = s is DDIM",
-            "phi = s: r = s_i+1/s_i, no noise (h = 0, v = 0), and r y + c_0 x0 = x0 + s_i+1 (y - x0)/s_i, "
+            "phi = s: r = s_i+1/s_i, no noise (gamma = 0, v = 0), and r y + c_0 x0 = x0 + s_i+1 (y - x0)/s_i, "
             "the DDIM update",
             residual,
             equations=equations,
@@ -1102,6 +1247,18 @@ def special_cases() -> tuple[CheckResult, ...]:
     c0 = _ersde.closed_form_weight(step, 0)
     mean = step.ratio * y + c0 * x0
     equations = (
+        Formula(
+            sp.Symbol("y_i"),
+            sp.Symbol("y_i+1") + sp.sqrt(sigma**2 - sigma_next**2) * e2,
+            "forward: y_i+1 = x0 + s_i+1 e1, then noise of variance s_i^2 - s_i+1^2 added (e1, e2 ~ N(0, 1))",
+        ),
+        Formula(sp.Symbol("Cov(y_i+1, y_i)"), covariance, "given x0"),
+        Formula(sp.Symbol("Var(y_i)"), variance_y, "given x0"),
+        Formula(
+            sp.Symbol("mean_posterior"),
+            x0 + sp.Mul(sp.UnevaluatedExpr(covariance / variance_y), y - x0, evaluate=False),
+            "x0 + Cov/Var (y - x0)",
+        ),
         Formula(R * y + C_0 * x0, mean, "derived: the mean of the first-order step for phi = s^2"),
         Formula(sp.Symbol("mean_posterior"), posterior_mean, "posterior mean, by Gaussian conditioning"),
         Formula(V, step.noise_variance, "derived: noise_variance"),
@@ -1119,7 +1276,8 @@ def special_cases() -> tuple[CheckResult, ...]:
         _identity(
             "phi = s^2 is DDPM ancestral sampling",
             "phi = s^2: the first-order step has the mean and variance of the posterior of y at s_i+1 given y at "
-            "s_i and x0 (Gaussian conditioning), and h = g",
+            "s_i and x0 (Gaussian conditioning): the variance is DDPM's posterior variance betatilde (not beta), "
+            "and gamma = g",
             residual,
             equations=equations,
             points=_step_points(),
@@ -1132,11 +1290,12 @@ def special_cases() -> tuple[CheckResult, ...]:
     for form in ("data", "noise"):
         mr = _families.family_update(form, True)
         plain = _families.family_update(form, False)
-        mr_x = mr.A * X_I + mr.B * _families.weight_sum * p + mr.C * Z + mr.M * mu
+        shown = {_families.ratio: R if form == "data" else sp.Integer(1), _families.std: _std_symbol(form)}
+        mr_x = (mr.A * X_I + mr.B * _families.weight_sum * p + mr.C * Z + mr.M * mu).subs(shown)
         shifted_prediction = p - mu if form == "data" else p
         plain_x = (
             plain.A * (X_I - mu) + plain.B * _families.weight_sum * shifted_prediction + plain.C * Z + mu
-        )
+        ).subs(shown)
         out.append(
             _identity(
                 f"MR is a shift ({form} form)",
@@ -1173,9 +1332,10 @@ def special_cases() -> tuple[CheckResult, ...]:
     )
     for form in ("data", "noise"):
         update = _families.family_update(form, False)
-        vp_x = update.A * X_I + update.B * _families.weight_sum * p + update.C * Z
+        shown = {_families.ratio: R if form == "data" else sp.Integer(1), _families.std: _std_symbol(form)}
+        vp_x = (update.A * X_I + update.B * _families.weight_sum * p + update.C * Z).subs(shown)
         ve_y = (update.A * Y_I + update.B * _families.weight_sum * p + update.C * Z).subs(
-            {alpha: 1, alpha_next: 1}
+            {alpha: 1, alpha_next: 1, **shown}
         )
         vp_y = (vp_x / alpha_next).subs(X_I, alpha * Y_I)
         out.append(
@@ -1252,13 +1412,28 @@ def _order_conditions(ctx: _Context) -> Step:
         "conditions:",
     )
     body.show(*conditions)
+    if ctx.form == "noise":
+        body.say(
+            "(The minus sign: the noise form's update subtracts the eps terms, y_i+1 = y_i - sum_n e_n "
+            "epsilonhat^(n) + ..., so the weights w_j carry it.)"
+        )
     body.say(
-        f"With them the local error of one step is O(h^{order + 1}) in the step h, so the multistep method has "
-        f"order {order}. The conditions are checked exactly; the local order is measured with the reference "
-        f"quadrature of the weights: the defect on the degree-{order} polynomial at two step sizes, with equally "
-        "spaced history. (The convergence studies of derive.verify measure the global order of the emitted "
-        "modules.)",
+        f"With them the local error of one step is O(h^{order + 1}) in the step h = u_i+1 - u_i, so the multistep "
+        f"method has order {order}. The conditions are checked exactly; the local order is measured with the "
+        f"reference quadrature of the weights: the defect on the degree-{order} polynomial at two step sizes, "
+        "with equally spaced history. Why the local order gives the global one: each step adds its local error "
+        "and carries the earlier ones along multiplied by r = phi(s_i+1)/phi(s_i) < 1 (phi increases, since "
+        "phi/s does not decrease), so the O(1/h) local errors of a run add up to O(h^K) at most. (The "
+        "convergence studies of derive verify measure the global order of the emitted modules.)",
     )
+    if ctx.spec.resolved_dynamics != "ode" and not _checks._is_zero(ctx.phi - s):
+        body.say(
+            f"This phi injects noise, so order {order} is the order of the drift only: the step's conditional mean "
+            "(its noise set to zero) is exact for polynomial predictions of degree < K. As an SDE solver the "
+            "sampler converges more slowly, because the model is evaluated at noisy states: derive verify "
+            "measures strong order about 1 and weak order about min(K, 2) for the catalogue's SDE modules "
+            "(docs/claims.md)."
+        )
     checks = []
     # exact, with the weights symbolic and rational offsets
     rng = random.Random(order)
@@ -1276,7 +1451,7 @@ def _order_conditions(ctx: _Context) -> Step:
     checks.append(
         _identity(
             "order conditions",
-            f"sum_j w_j delta_j^p = p! {ctx.weight_symbol}_p for p < {order} "
+            f"sum_j w_j delta_j^p = {'' if sign == 1 else '-'}p! {ctx.weight_symbol}_p for p < {order} "
             f"({ctx.weight_symbol}_n symbolic, exact rational offsets)",
             sp.expand(residual),
         )
@@ -1367,12 +1542,19 @@ def build_explanation(spec: Spec) -> Explanation:
     steps = tuple(builder(ctx) for builder in builders)
     dynamics = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}[spec.resolved_dynamics]
     where = "normalized coordinates" if spec.family == "ersde" else _families.FAMILIES[spec.family].title
-    title = f"{dynamics} solver of order {spec.order} for the {where} ({spec.resolved_prediction} prediction)"
+    if spec.resolved_dynamics == "ode" or _checks._is_zero(ctx.phi - s):
+        order_text = f"of order {spec.order}"
+    else:
+        order_text = f"of drift order {spec.order} (as an SDE solver: strong order about 1, weak about 2)"
+    title = f"{dynamics} solver {order_text} for the {where} ({spec.resolved_prediction} prediction)"
     legend = (
         (
-            "s_i and s_i+1 are the noise levels at the start and the end of a step (sigma and sigma_next in the "
-            "derivation code, s_i+1 < s_i); xhat_0 and epsilonhat are the model's data and noise predictions; "
-            "z ~ N(0, I)."
+            "Notation (docs/notation.md): s_i and s_i+1 are the normalized noise levels at the start and the end of "
+            "a step (s_i+1 < s_i; sigma and sigma_next in the derivation code); u is the expansion variable and "
+            "h = u_i+1 - u_i the step in it; gamma is the reverse SDE's diffusion coefficient, g the forward one; "
+            "xhat_0 and epsilonhat are the model's data and noise predictions, x0 and epsilon the true ones; "
+            "c_n (e_n) the Taylor weights, w_j the weight of the stored prediction P_i-j; v (v_epsilon) the "
+            "variance of the injected noise; z ~ N(0, I)."
         ),
     )
     return Explanation(spec, _command(spec), title, legend, steps, ctx.phi, ctx.step, ctx.plan)
