@@ -72,6 +72,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DeriveError as error:
             _fail(error)
+        except BrokenPipeError:  # `derive list | head`: the reader has all it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as error:
             click.echo(f"derive: error: cannot write output: {error}", err=True)
             sys.exit(2)
@@ -299,4 +304,4 @@ def list_(as_json: bool) -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="derive")
