@@ -15,7 +15,12 @@ __all__ = ["CATALOGUE", "DeriveError", "Spec", "generate", "generate_all", "load
 __version__ = "0.1.0"
 
 #: names imported on first use: attribute -> module
-_LAZY = {"CATALOGUE": "derive.spec", "Spec": "derive.spec", "generate": "derive.api", "generate_all": "derive.api"}
+_LAZY = {
+    "CATALOGUE": "derive.spec",
+    "Spec": "derive.spec",
+    "generate": "derive.api",
+    "generate_all": "derive.api",
+}
 
 
 def __getattr__(name):
