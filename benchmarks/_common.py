@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -19,13 +18,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 
 def load_generated(name: str, folder: pathlib.Path = GENERATED):
-    """A generated module by name, loaded by path (``generated/`` is not a package)."""
-    path = folder / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"bench_generated_{folder.name}_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # torch.compile looks functions' globals up through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    """``folder/name.py`` through the public loader (which also registers it in ``sys.modules``, where
+    torch.compile looks functions' globals up)."""
+    from derive.loader import load_file
+
+    return load_file(folder / f"{name}.py")
 
 
 def _lscpu_model() -> str:

@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from derive import options
 from derive.errors import DeriveError, DriftError, SpecError
 from derive.spec import (
     CATALOGUE,
@@ -54,11 +55,33 @@ class _Group(click.Group):
             self.add_command(getattr(importlib.import_module(module), attribute), name)
         return super().get_command(ctx, name)
 
+    def main(self, *args, **kwargs):
+        # click's own usage errors are four lines (usage, hint, blank, message): one line here, like ours
+        if kwargs.get("standalone_mode", True):
+            try:
+                # without standalone mode click returns a ctx.exit(code) as the value: exit with it, as it would
+                result = super().main(*args, **{**kwargs, "standalone_mode": False})
+                sys.exit(result if isinstance(result, int) else 0)
+            except click.exceptions.Abort:
+                click.echo("derive: interrupted", err=True)
+                sys.exit(130)
+            except click.ClickException as error:
+                ctx = getattr(error, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                click.echo(f"derive: error: {error.format_message()}{hint}", err=True)
+                sys.exit(error.exit_code)
+        return super().main(*args, **kwargs)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except DeriveError as error:
             _fail(error)
+        except BrokenPipeError:  # `derive list | head`: the reader has all it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as error:
             click.echo(f"derive: error: cannot write output: {error}", err=True)
             sys.exit(2)
@@ -75,10 +98,14 @@ def main() -> None:
 
 @main.command()
 @click.option(
-    "--family", type=click.Choice(FAMILIES), default="ersde", show_default=True, help="Process family."
+    "--family",
+    type=options.Choice(FAMILIES, "family"),
+    default="ersde",
+    show_default=True,
+    help="Process family.",
 )
 @click.option(
-    "--order", type=click.IntRange(1, MAX_ORDER), default=None, help=f"Multistep order K (1-{MAX_ORDER})."
+    "--order", type=options.Order(MAX_ORDER), default=None, help=f"Multistep order K (1-{MAX_ORDER})."
 )
 @click.option(
     "--phi",
@@ -88,26 +115,26 @@ def main() -> None:
 )
 @click.option(
     "--method",
-    type=click.Choice(METHODS),
+    type=options.Choice(METHODS, "method"),
     default="taylor",
     show_default=True,
     help="taylor (interpolated derivatives), adams (integrated Lagrange basis, same weights) or pc (corrector: order K + 1).",
 )
 @click.option(
     "--dynamics",
-    type=click.Choice(DYNAMICS),
+    type=options.Choice(DYNAMICS, "dynamics"),
     default=None,
     help="ode (phi = s), sde (phi = s^2) or er (--phi); process families only.",
 )
 @click.option(
     "--prediction",
-    type=click.Choice(PREDICTIONS),
+    type=options.Choice(PREDICTIONS, "prediction"),
     default=None,
     help="What the model predicts; selects the update form (default: the family's usual one).",
 )
 @click.option(
     "--variable",
-    type=click.Choice(VARIABLES),
+    type=options.Choice(VARIABLES, "expansion variable"),
     default="s",
     show_default=True,
     help="Expansion variable: s = sigma/alpha or lambda = log(alpha/sigma) (t, the family's own time, is refused with the reason).",
@@ -141,6 +168,8 @@ def gen(
     family, order, phi, method, dynamics, prediction, variable, schedule, variant, all_, check, out, force
 ) -> None:
     """Derive and emit solver modules (prints the paths written)."""
+    if not check:
+        options.check_output_dir(out, "--out")
     from derive.emit.render import render
     from derive.emit.variant import render_variant
     from derive.emit.write import diff_modules, module_path, write_modules
@@ -170,7 +199,11 @@ def gen(
                 variable=variable,
             )
         ]
-    rendered = {spec: render_variant(spec) if isinstance(spec, Variant) else render(spec) for spec in specs}
+    rendered = {}
+    with options.progress(len(specs), "deriving") as tick:
+        for spec in specs:
+            rendered[spec] = render_variant(spec) if isinstance(spec, Variant) else render(spec)
+            tick(spec.name)
     if check:
         diff = diff_modules(rendered, out, manifest_complete=all_)
         if diff:
@@ -204,18 +237,16 @@ def _reject_with_variant(ctx: click.Context, command: str, allowed: set[str]) ->
         )
 
 
-@main.command(name="list")
-def list_() -> None:
-    """The catalogue of checked-in modules and the published samplers (variants)."""
-    from rich.console import Console
-    from rich.table import Table
+_LIST_COLUMNS = ("module", "family", "order", "method", "dynamics", "phi", "prediction", "schedule")
+_VARIANT_COLUMNS = ("variant", "module", "order", "phi", "prediction", "sampler")
 
-    table = Table(title="derive catalogue")
-    for column in ("module", "family", "order", "method", "dynamics", "phi", "prediction", "schedule"):
-        table.add_column(column)
+
+def _list_rows() -> tuple[list[tuple[str, ...]], list[tuple[str, ...]]]:
+    from derive.variants import variant_table
+
     names = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}
-    for spec in CATALOGUE:
-        table.add_row(
+    modules = [
+        (
             spec.name,
             spec.family,
             str(spec.order),
@@ -225,23 +256,55 @@ def list_() -> None:
             spec.resolved_prediction,
             spec.resolved_schedule or "-",
         )
-    Console().print(table)
-    from derive.variants import variant_table
+        for spec in CATALOGUE
+    ]
+    variants = [
+        (v.key, v.name, str(v.order), v.base_spec.phi_text, v.form, v.title) for v in variant_table().values()
+    ]
+    return modules, variants
 
-    variants = Table(title="published samplers (derive gen --variant NAME)")
-    for column in ("variant", "module", "order", "phi", "prediction", "sampler"):
-        variants.add_column(column)
-    for variant in variant_table().values():
-        variants.add_row(
-            variant.key,
-            variant.name,
-            str(variant.order),
-            variant.base_spec.phi_text,
-            variant.form,
-            variant.title,
-        )
-    Console().print(variants)
+
+@main.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON (modules and variants).")
+def list_(as_json: bool) -> None:
+    """The catalogue of checked-in modules and the published samplers (variants).
+
+    On a terminal: two tables. Piped or redirected: one full row per line, tab-separated, with a header line
+    per table (modules, then variants), so that every module name is whole.
+    """
+    modules, variants = _list_rows()
+    if as_json:
+        import json
+
+        payload = {
+            "modules": [{**dict(zip(_LIST_COLUMNS, row)), "order": int(row[2])} for row in modules],
+            "variants": [{**dict(zip(_VARIANT_COLUMNS, row)), "order": int(row[2])} for row in variants],
+        }
+        click.echo(json.dumps(payload, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        for columns, rows in ((_LIST_COLUMNS, modules), (_VARIANT_COLUMNS, variants)):
+            click.echo("\t".join(columns))
+            for row in rows:
+                click.echo("\t".join(row))
+        return
+    from rich.table import Table
+
+    for title, columns, rows in (
+        ("derive catalogue", _LIST_COLUMNS, modules),
+        ("published samplers (derive gen --variant NAME)", _VARIANT_COLUMNS, variants),
+    ):
+        table = Table(title=title)
+        for column in columns:
+            # the module column is never cut: its names are what --module takes
+            table.add_column(column, no_wrap=column in ("module", "variant"), overflow="fold")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(prog_name="derive")

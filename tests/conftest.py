@@ -1,8 +1,7 @@
-"""Shared fixtures: the catalogue of checked-in generated modules, loaded by path (generated/ is not a package)."""
+"""Shared fixtures: the catalogue of checked-in generated modules, loaded with :func:`derive.load`."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -10,6 +9,8 @@ import tempfile
 
 import pytest
 from hypothesis import settings
+
+from derive.loader import load_file
 
 # the derivation cache of this test session (shared by in-process and subprocess derive runs) lives in a fresh
 # temporary folder: tests neither read a user's cache nor write to it
@@ -32,11 +33,8 @@ def manifest() -> dict:
 
 
 def load_module(name: str, folder: pathlib.Path = GENERATED):
-    path = folder / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"derive_generated_{folder.name}_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``folder/name.py`` through the public loader (the same file gives the same cached module)."""
+    return load_file(folder / f"{name}.py")
 
 
 MODULE_NAMES = sorted(manifest())

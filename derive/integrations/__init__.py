@@ -15,13 +15,14 @@ modules and the UniPC variants), applied once the next model output is known, as
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import math
 import pathlib
 import re
 import types
 
 import torch
+
+from derive.loader import catalogue_dir, load
 
 __all__ = [
     "GENERATED_DIR",
@@ -34,12 +35,11 @@ __all__ = [
     "step_table",
 ]
 
-#: The checked-in catalogue of a source checkout (``<repo>/generated``); may not exist for a wheel install.
-GENERATED_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "generated"
+#: The catalogue: the installed ``derive._generated`` package data, else a source checkout's ``generated/``.
+GENERATED_DIR = catalogue_dir()
 
 _REQUIRED = ("coefficient_table", "ORDER", "FORM")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CACHE: dict[str, types.ModuleType] = {}
 
 
 def __getattr__(name):  # lazy: importing this package must not import diffusers
@@ -59,42 +59,28 @@ def _check(module: types.ModuleType, origin: str) -> types.ModuleType:
     return module
 
 
-def _load_path(path: pathlib.Path) -> types.ModuleType:
-    path = path.resolve()
-    key = str(path)
-    if key not in _CACHE:
-        if not path.is_file():
-            raise FileNotFoundError(f"no generated module at {path}")
-        spec = importlib.util.spec_from_file_location(f"derive_generated_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _CACHE[key] = _check(module, str(path))
-    return _CACHE[key]
-
-
 def load_module(module) -> types.ModuleType:
     """A generated sampler module from a module object, a file path, or a name.
 
-    A name (``"ersde_order3"``) is looked up in :data:`GENERATED_DIR` first, then imported (a module copied into
-    your project). Loaded files are cached per path.
+    Names and paths go through :func:`derive.load` (the catalogue first; files cached per path); a name that
+    is not in the catalogue is then imported (a module copied into your project).
     """
     if isinstance(module, types.ModuleType):
         return _check(module, getattr(module, "__name__", "module"))
-    if isinstance(module, pathlib.Path):
-        return _load_path(module)
-    if not isinstance(module, str) or not module:
+    if not isinstance(module, (str, pathlib.Path)) or not module:
         raise TypeError(f"module must be a module object, a path or a name, not {module!r}")
-    if module.endswith(".py") or "/" in module or "\\" in module:
-        return _load_path(pathlib.Path(module).expanduser())
-    if _NAME.match(module) and (GENERATED_DIR / f"{module}.py").is_file():
-        return _load_path(GENERATED_DIR / f"{module}.py")
+    text = str(module)
+    if isinstance(module, pathlib.Path) or text.endswith(".py") or "/" in text or "\\" in text:
+        return _check(load(module), text)
+    if _NAME.match(text) and (GENERATED_DIR / f"{text}.py").is_file():
+        return _check(load(text), text)
     try:
-        imported = importlib.import_module(module)
+        imported = importlib.import_module(text)
     except ImportError as error:
         raise ValueError(
-            f"no generated module {module!r}: not in {GENERATED_DIR} and not importable ({error})"
+            f"no generated module {text!r}: not in {GENERATED_DIR} and not importable ({error})"
         ) from None
-    return _check(imported, module)
+    return _check(imported, text)
 
 
 def module_id(module: types.ModuleType) -> str:

@@ -16,11 +16,30 @@ import sys
 
 import click
 
+from derive import options
 from derive.errors import DeriveError, SpecError
-from derive.verify import harness, tolerances
+from derive.options import PROBLEM_CHOICES, WARMUPS
+from derive.spec import DYNAMICS, FAMILIES, MAX_ORDER, METHODS, PREDICTIONS, VARIABLES
+
+
+class _Deferred:
+    """A module imported on first attribute use: harness and tolerances import torch, numpy and scipy, which
+    wait until the arguments and output paths are checked."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attribute):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attribute)
+
+
+harness = _Deferred("derive.verify.harness")
+tolerances = _Deferred("derive.verify.tolerances")
+
 
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-PROBLEM_CHOICES = ("gaussian", "gmm", "both")
 
 
 class _Command(click.Command):
@@ -34,24 +53,55 @@ class _Command(click.Command):
             ctx.exit(error.exit_code)
 
 
-def _families() -> tuple[str, ...]:
-    from derive.spec import FAMILIES
-
-    return tuple(FAMILIES)
-
-
 @click.command(cls=_Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--family", default="ersde", show_default=True, help="Family of the spec to render and verify.")
-@click.option("--order", type=int, default=None, help="Multistep order K of the spec to render and verify.")
+@click.option(
+    "--family",
+    type=options.Choice(FAMILIES, "family"),
+    default="ersde",
+    show_default=True,
+    help="Family of the spec to render and verify.",
+)
+@click.option(
+    "--order",
+    type=options.Order(MAX_ORDER),
+    default=None,
+    help=f"Multistep order K (1-{MAX_ORDER}) of the spec to render and verify.",
+)
 @click.option(
     "--phi", default="default", show_default=True, help="Noise-scale function (preset or expression in s)."
 )
-@click.option("--method", default="taylor", show_default=True, help="Expansion method of the spec.")
-@click.option("--dynamics", default=None, help="Dynamics of a process-family spec (ode, sde, er).")
-@click.option("--prediction", default=None, help="Model prediction of the spec (data, noise, velocity).")
+@click.option(
+    "--method",
+    type=options.Choice(METHODS, "method"),
+    default="taylor",
+    show_default=True,
+    help="Method of the spec.",
+)
+@click.option(
+    "--dynamics",
+    type=options.Choice(DYNAMICS, "dynamics"),
+    default=None,
+    help="Dynamics of a process-family spec.",
+)
+@click.option(
+    "--prediction",
+    type=options.Choice(PREDICTIONS, "prediction"),
+    default=None,
+    help="What the model of the spec predicts.",
+)
 @click.option("--schedule", "family_schedule", default=None, help="Noise schedule of a process-family spec.")
-@click.option("--variable", default=None, help="Expansion variable of the spec (s or lambda).")
-@click.option("--module", "modules", multiple=True, help="A checked-in module by name (repeatable).")
+@click.option(
+    "--variable",
+    type=options.Choice(VARIABLES, "expansion variable"),
+    default=None,
+    help="Expansion variable of the spec.",
+)
+@click.option(
+    "--module",
+    "modules",
+    multiple=True,
+    help="A catalogue module by name (see `derive list`) or a .py file written by `derive gen --out` (repeatable).",
+)
 @click.option(
     "--all",
     "all_",
@@ -66,7 +116,7 @@ def _families() -> tuple[str, ...]:
 )
 @click.option(
     "--problem",
-    type=click.Choice(PROBLEM_CHOICES),
+    type=options.Choice(PROBLEM_CHOICES, "problem"),
     default="gaussian",
     show_default=True,
     help="Test data: Gaussian (exact references) and/or a Gaussian mixture (DOP853 references).",
@@ -89,7 +139,7 @@ def _families() -> tuple[str, ...]:
 )
 @click.option(
     "--warmup",
-    type=click.Choice(harness.WARMUPS),
+    type=options.Choice(WARMUPS, "warm-up"),
     default="none",
     show_default=True,
     help="substep: also measure the sampler started by its own sub-stepped first K-1 steps.",
@@ -130,8 +180,12 @@ def verify(
     """Measure method, as-used, strong and weak orders of generated samplers; exit 1 if a claim fails."""
     from rich.console import Console
 
+    # every argument and output path is checked before torch and scipy are imported
     if plot is not None and plot.suffix.lower() not in PLOT_SUFFIXES:
         raise SpecError(f"--plot must end in one of {', '.join(PLOT_SUFFIXES)} (got {plot.name!r})")
+    for path, option in ((plot, "--plot"), (json_path, "--json")):
+        if path is not None:
+            options.check_output_file(path, option)
     problems = ("gaussian", "gmm") if problem == "both" else (problem,)
     if samplers:
         from derive.verify.blackbox_command import reject_with_sampler, run_samplers, sampler_settings
@@ -144,7 +198,7 @@ def verify(
         raise SpecError("--config and --claimed describe a --sampler; give one")
     overrides = {"problems": problems, "warmup": warmup}
     if steps is not None:
-        overrides["steps"] = harness.parse_steps(steps)
+        overrides["steps"] = options.parse_steps(steps)
     settings = harness.Settings.coarse(**overrides) if coarse else harness.Settings(**overrides)
 
     console = Console()
@@ -217,6 +271,16 @@ def _variant_target(key: str):
     return variant.name, harness.load_rendered_variant(variant)
 
 
+def _module_target(name: str):
+    """(name, module) of ``--module NAME``: a catalogue name, or a file path (a module written with --out)."""
+    if name.endswith(".py") and ("/" in name or "\\" in name or pathlib.Path(name).is_file()):
+        path = pathlib.Path(name).expanduser()
+        if not path.is_file():
+            raise SpecError(f"--module {name}: no such file")
+        return path.stem, harness.load_module_file(path)
+    return name.removesuffix(".py"), harness.load_checked_in(name)
+
+
 def _resolve(
     family, order, phi, method, dynamics, prediction, family_schedule, variable, modules, all_, status
 ):
@@ -231,13 +295,11 @@ def _resolve(
         names = sorted(harness.manifest()) if all_ else list(modules)
         if not names:
             raise SpecError(f"no checked-in modules in {harness.GENERATED_DIR}")
-        return [(name.removesuffix(".py"), harness.load_checked_in(name)) for name in names]
+        return [_module_target(name) for name in names]
     if order is None:
         raise SpecError("say what to verify: --module NAME, --all, or a spec with --order K")
     from derive.spec import Spec
 
-    if family not in _families():
-        raise SpecError(f"unknown family {family!r}; choose one of: {', '.join(_families())}")
     extras = {
         "dynamics": dynamics,
         "prediction": prediction,

@@ -36,7 +36,6 @@ import contextlib
 import dataclasses
 import difflib
 import functools
-import importlib.util
 import itertools
 import json
 import math
@@ -51,6 +50,8 @@ import numpy as np
 import torch
 
 from derive.errors import SpecError
+from derive.loader import catalogue_dir
+from derive.options import WARMUPS, parse_steps, validate_steps
 from derive.verify import tolerances
 from derive.verify.orders import DEFAULT_FLOOR_FACTOR, OrderFit, fit_order
 from derive.verify.problems import (
@@ -86,9 +87,9 @@ __all__ = [
     "warmup_sample",
 ]
 
-GENERATED_DIR = pathlib.Path(__file__).resolve().parent.parent.parent / "generated"
+#: the catalogue: the installed ``derive._generated`` package data, else a source checkout's ``generated/``
+GENERATED_DIR = catalogue_dir()
 PROBLEMS = ("gaussian", "gmm")
-WARMUPS = ("none", "substep")
 SCHEDULES = ("log-uniform", "karras")
 #: five halvings; the noise-form samplers approach their order like K - c/n and need n >= 64 or so
 DEFAULT_STEPS = (16, 32, 64, 128, 256, 512)
@@ -164,36 +165,6 @@ class Settings:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
-def validate_steps(steps: Sequence[int]) -> tuple[int, ...]:
-    """Step counts: at least four distinct positive integers, each dividing the largest (the coarse grids
-    are sub-grids of the finest one). Raises :class:`SpecError` otherwise."""
-    try:
-        values = tuple(int(n) for n in steps)
-    except (TypeError, ValueError):
-        raise SpecError(f"step counts must be whole numbers, got {steps!r}") from None
-    if any(int(n) != n for n in steps):
-        raise SpecError(f"step counts must be whole numbers, got {list(steps)}")
-    if len(values) < 4:
-        raise SpecError(f"need at least 4 step counts to fit an order, got {len(values)}")
-    if min(values) < 1:
-        raise SpecError("step counts must be positive")
-    if len(set(values)) != len(values):
-        raise SpecError(f"step counts must be distinct, got {list(values)}")
-    top = max(values)
-    bad = [n for n in values if top % n]
-    if bad:
-        raise SpecError(f"every step count must divide the largest ({top}); {bad} do not")
-    return tuple(sorted(values))
-
-
-def parse_steps(text: str) -> tuple[int, ...]:
-    """``"8,16,32,64"`` -> ``(8, 16, 32, 64)``; :class:`SpecError` on anything malformed."""
-    parts = [p.strip() for p in str(text).split(",")]
-    if not all(p.isdigit() for p in parts):
-        raise SpecError(f"--steps must be comma-separated positive integers like 8,16,32,64 (got {text!r})")
-    return validate_steps([int(p) for p in parts])
-
-
 # --------------------------------------------------------------------------------------------------
 # loading modules
 # --------------------------------------------------------------------------------------------------
@@ -210,15 +181,14 @@ def manifest(folder: pathlib.Path = GENERATED_DIR, *, variants: bool = False) ->
 
 
 def load_module_file(path: pathlib.Path, name: str | None = None) -> ModuleType:
-    """Import a generated module from its file (generated/ is not a package)."""
-    path = pathlib.Path(path)
-    unique = f"derive_verify_{name or path.stem}_{abs(hash(str(path.resolve())))}"
-    spec = importlib.util.spec_from_file_location(unique, path)
-    if spec is None or spec.loader is None:
-        raise SpecError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A private (uncached) copy of a generated module from its file, through the public loader: a check
+    that patches it cannot leak into anyone else's. ``name`` is kept for callers; the loader names it."""
+    from derive.loader import load_file
+
+    try:
+        return load_file(path, private=True)
+    except ValueError as error:
+        raise SpecError(str(error)) from None
 
 
 def load_checked_in(name: str, folder: pathlib.Path = GENERATED_DIR) -> ModuleType:
