@@ -28,3 +28,17 @@ def generate_all() -> dict[Spec, str]:
     from derive.emit.render import render
 
     return {spec: render(spec) for spec in CATALOGUE}
+
+
+def module_text(spec) -> str:
+    """The module text of a :class:`~derive.spec.Spec` or a published-sampler
+    :class:`~derive.variants.Variant` (the readers of a derivation reach the emitter only through here)."""
+    from derive.variants import Variant
+
+    if isinstance(spec, Variant):
+        from derive.emit.variant import render_variant
+
+        return render_variant(spec)
+    from derive.emit.render import render
+
+    return render(spec)

@@ -30,3 +30,18 @@ def test_the_derivation_stage_does_not_import_the_emitter():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_verify_explain_and_the_integrations_do_not_import_the_emitter():
+    """They read derivations and load modules; only `derive gen` and the API's module_text print code."""
+    code = (
+        "import sys\n"
+        "import derive.verify.harness, derive.verify.command, derive.verify.blackbox, derive.explain.command\n"
+        "import derive.integrations.diffusers, derive.integrations.kdiffusion\n"
+        "from derive.explain.steps import build_explanation\n"
+        "from derive.spec import Spec\n"
+        "build_explanation(Spec('ersde', 2, phi='ode'))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('derive.emit')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

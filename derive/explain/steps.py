@@ -2,7 +2,7 @@ r"""The derivation of one solver as data: ten steps, each with prose, the SymPy 
 and the checks that ran, with their results.
 
 :func:`build_explanation` re-runs the derivation of a :class:`~derive.spec.Spec` the way
-:func:`derive.emit.render.derive_spec` does (parse and admit phi, derive the step, the generic and the
+:func:`derive.derivation.derive` does (parse and admit phi, derive the step, the generic and the
 phi-specific checks, the coefficient plan, the interpolation checks), but one check at a time, so that a
 failing identity is recorded where it occurs instead of stopping the walk-through. Checks are called through
 their modules and never through a cache, so every call of :func:`build_explanation` runs every check again.
@@ -1515,7 +1515,7 @@ def _local_order(ctx: _Context) -> CheckResult:
 
 # ---- the whole walk-through ----------------------------------------------------------------------------------
 def _command(spec: Spec) -> str:
-    from derive.emit.render import command_args
+    from derive.spec import command_args
 
     return f"derive explain {command_args(spec)}"
 

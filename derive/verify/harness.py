@@ -206,9 +206,9 @@ def load_checked_in(name: str, folder: pathlib.Path = GENERATED_DIR) -> ModuleTy
 
 def load_rendered(spec) -> ModuleType:
     """Render a :class:`~derive.spec.Spec` with the current derivation and import it from a temp dir."""
-    from derive.emit.render import render
+    from derive.api import module_text
 
-    text = render(spec)
+    text = module_text(spec)
     with tempfile.TemporaryDirectory(prefix="derive-verify-") as tmp:
         path = pathlib.Path(tmp) / f"{spec.name}.py"
         path.write_text(text, encoding="utf-8")
@@ -219,11 +219,11 @@ def load_rendered(spec) -> ModuleType:
 
 def load_rendered_variant(variant) -> ModuleType:
     """Render a published-sampler :class:`~derive.variants.Variant` and import it from a temp dir."""
-    from derive.emit.variant import render_variant
+    from derive.api import module_text
 
     with tempfile.TemporaryDirectory(prefix="derive-verify-") as tmp:
         path = pathlib.Path(tmp) / f"{variant.name}.py"
-        path.write_text(render_variant(variant), encoding="utf-8")
+        path.write_text(module_text(variant), encoding="utf-8")
         module = load_module_file(path, variant.name)
     module.__verify_source__ = "rendered"
     return module
