@@ -96,7 +96,8 @@ def median(values):
 
 
 def command_line() -> str:
-    exe = pathlib.Path(sys.executable)
+    """The command that reproduces this run, with the interpreter named as README's setup names it."""
+    exe = ".venv/bin/python" if pathlib.Path(sys.prefix).resolve().parent == ROOT else "python"
     script = pathlib.Path(sys.argv[0])
     try:
         script = script.resolve().relative_to(ROOT)

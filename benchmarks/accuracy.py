@@ -24,8 +24,8 @@ impulses through it; the error is the 2-Wasserstein distance between the output 
 0.002 (RMS over coordinates). On the mixtures: sliced 1-Wasserstein distance (``--sw-samples`` samples, 128
 fixed directions) to exact samples of the noisy data at 0.002, with its two-sample floor.
 
-    /work/venv/bin/python benchmarks/accuracy.py            # full run (minutes)
-    /work/venv/bin/python benchmarks/accuracy.py --quick    # d = 2, few NFE, seconds
+    .venv/bin/python benchmarks/accuracy.py            # full run (minutes)
+    .venv/bin/python benchmarks/accuracy.py --quick    # d = 2, few NFE, seconds
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ schedules from sigma_max = 80 to sigma_min = 0.002, float64, plain ``sample()`` 
 RMS over 64 points and coordinates against DOP853 (rtol 1e-13) at sigma_min. Every combination of method
 (taylor, adams, pc) and variable (s, lambda) that the catalogue holds at stored outputs K = 2 and 3.
 
-    /work/venv/bin/python benchmarks/defaults.py    # ~1 min
+    .venv/bin/python benchmarks/defaults.py    # ~1 min
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ against generated/, as CI runs it; < 3 min), and the growth of the time with the
 and the default phi. For each command: wall time and the CPU time (user + sys) of the process and its children,
 which is the better measure when the machine is shared.
 
-    /work/venv/bin/python benchmarks/generation.py            # full run (tens of minutes on a loaded machine)
-    /work/venv/bin/python benchmarks/generation.py --quick    # order 1, phi = ode only
+    .venv/bin/python benchmarks/generation.py            # full run (tens of minutes on a loaded machine)
+    .venv/bin/python benchmarks/generation.py --quick    # order 1, phi = ode only
 """
 
 from __future__ import annotations

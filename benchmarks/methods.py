@@ -9,8 +9,8 @@
    relative steps h / s from 1e-8 to 0.2, Taylor against Adams, with w_exact from mpmath (34 digits), and the
    smallest sampler error each reaches in (2).
 
-    /work/venv/bin/python benchmarks/methods.py            # ~15 min (generates 20 modules into a temp folder)
-    /work/venv/bin/python benchmarks/methods.py --quick    # orders 1-3 only
+    .venv/bin/python benchmarks/methods.py            # ~15 min (generates 20 modules into a temp folder)
+    .venv/bin/python benchmarks/methods.py --quick    # orders 1-3 only
 """
 
 from __future__ import annotations

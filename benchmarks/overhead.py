@@ -11,8 +11,8 @@ the same module's own ``sample()`` and against diffusers' DPM-Solver++(2M), per 
 the coefficient table included (targets: within 1.5x of the module's loop, at most 0.3x DPM++2M), and checks
 whether one step of the loop compiles with ``torch.compile(fullgraph=True)``.
 
-    /work/venv/bin/python benchmarks/overhead.py            # full run (several minutes)
-    /work/venv/bin/python benchmarks/overhead.py --quick    # tiny sizes, seconds
+    .venv/bin/python benchmarks/overhead.py            # full run (several minutes)
+    .venv/bin/python benchmarks/overhead.py --quick    # tiny sizes, seconds
 """
 
 from __future__ import annotations
