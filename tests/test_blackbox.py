@@ -36,20 +36,43 @@ def _euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
     return x
 
 
-def _euler_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
-    """The ancestral Euler step (eta = 1), written here."""
-    noise_sampler = noise_sampler or (lambda s, t: torch.randn_like(x))
-    for i in range(len(sigmas) - 1):
-        s, t = sigmas[i], sigmas[i + 1]
-        denoised = model(x, s * x.new_ones([x.shape[0]]))
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": s, "denoised": denoised})
-        up = min(t, (t**2 * (s**2 - t**2) / s**2) ** 0.5)
-        down = (t**2 - up**2) ** 0.5
-        x = x + (x - denoised) / s * (down - s)
-        if t > 0:
-            x = x + noise_sampler(s, t) * up
-    return x
+def _ancestral(deterministic_step):
+    """A k-diffusion-convention ancestral sampler (eta = 1), written here: ``deterministic_step(model, x,
+    denoised, s, down)`` moves from ``s`` to ``sigma_down``, then fresh noise brings it up to the next level."""
+
+    def sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
+        noise_sampler = noise_sampler or (lambda s, t: torch.randn_like(x))
+        for i in range(len(sigmas) - 1):
+            s, t = sigmas[i], sigmas[i + 1]
+            denoised = model(x, s * x.new_ones([x.shape[0]]))
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": s, "denoised": denoised})
+            up = min(t, (t**2 * (s**2 - t**2) / s**2) ** 0.5)
+            down = (t**2 - up**2) ** 0.5
+            x = deterministic_step(model, x, denoised, s, down)
+            if t > 0:
+                x = x + noise_sampler(s, t) * up
+        return x
+
+    return sampler
+
+
+def _euler_step(model, x, denoised, s, down):
+    return x + (x - denoised) / s * (down - s)
+
+
+def _dpm_2_step(model, x, denoised, s, down):
+    """A midpoint step in log sigma (Euler for a step to 0)."""
+    if down == 0:
+        return _euler_step(model, x, denoised, s, down)
+    mid = math.exp((math.log(s) + math.log(down)) / 2)
+    x_mid = _euler_step(model, x, denoised, s, mid)
+    d_mid = (x_mid - model(x_mid, mid * x.new_ones([x.shape[0]]))) / mid
+    return x + d_mid * (down - s)
+
+
+#: the ancestral Euler step (eta = 1)
+_euler_ancestral = _ancestral(_euler_step)
 
 
 def test_dpm_solver_3m_measures_order_two_and_fails_its_claim():
@@ -245,27 +268,8 @@ def test_published_rows_keep_or_miss_their_claims_as_documented():
     assert verdicts == {"dpmpp_3m": False, "unipc_bh2_2": True, "heun": True, "lms": True}
 
 
-def _dpm_2_ancestral(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None):
-    """The ancestral DPM-Solver-2 step (eta = 1), written here: a midpoint step in log sigma to sigma_down."""
-    noise_sampler = noise_sampler or (lambda s, t: torch.randn_like(x))
-    for i in range(len(sigmas) - 1):
-        s, t = sigmas[i], sigmas[i + 1]
-        denoised = model(x, s * x.new_ones([x.shape[0]]))
-        if callback is not None:
-            callback({"x": x, "i": i, "sigma": s, "denoised": denoised})
-        up = min(t, (t**2 * (s**2 - t**2) / s**2) ** 0.5)
-        down = (t**2 - up**2) ** 0.5
-        d = (x - denoised) / s
-        if down == 0:
-            x = x + d * (down - s)
-        else:
-            mid = math.exp((math.log(s) + math.log(down)) / 2)
-            x_mid = x + d * (mid - s)
-            d_mid = (x_mid - model(x_mid, mid * x.new_ones([x.shape[0]]))) / mid
-            x = x + d_mid * (down - s)
-        if t > 0:
-            x = x + noise_sampler(s, t) * up
-    return x
+#: the ancestral DPM-Solver-2 step (eta = 1)
+_dpm_2_ancestral = _ancestral(_dpm_2_step)
 
 
 def test_an_ancestral_sampler_is_judged_on_its_weak_order():
