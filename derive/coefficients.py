@@ -77,8 +77,30 @@ REFERENCE_NODES = 48
 PLAN_REFERENCE_NODES = 96
 #: Noise levels at which the coefficients are checked (normalized sigma).
 SIGMA_GRID = (1e-4, 1e-2, 1.0, 1e2, 1e4)
+#: The longest step a generated module accepts, as the smallest ratio sigma_next / sigma (a log-step of
+#: log(1e9) = 20.7: beyond any sampling schedule, whose whole range is a log-step of about 8-14). Every
+#: coefficient is verified up to it; a module refuses a longer step (a final step to sigma = 0 excepted) with
+#: this range in the message, rather than return coefficients no one has checked.
+MIN_STEP_RATIO = 1e-9
 #: Step ratios sigma_next / sigma at which quadrature is checked.
-RATIO_GRID = (1 - 1e-9, 1 - 1e-6, 1 - 1e-3, 0.99, 0.9, 0.7, 0.5, 0.3, 0.1, 1e-2, 1e-3, 1e-4)
+RATIO_GRID = (
+    1 - 1e-9,
+    1 - 1e-6,
+    1 - 1e-3,
+    0.99,
+    0.9,
+    0.7,
+    0.5,
+    0.3,
+    0.1,
+    1e-2,
+    1e-3,
+    1e-4,
+    1e-6,
+    MIN_STEP_RATIO,
+)
+#: Long steps (ratios sigma_next / sigma) at which a closed form's rounding error is checked besides T_GRID.
+LONG_RATIO_GRID = (1e-2, 1e-4, 1e-6, MIN_STEP_RATIO)
 #: Relative steps t = h / sigma at which closed forms are checked.
 T_GRID = _geometric_grid("1e-12", "0.95", 56)
 QUADRATURE_NODES = (4, 6, 8, 10, 12, 16, 20, 24, 28, 32, 40, 48, 64, 80)
@@ -108,6 +130,8 @@ class Quantity:
     series: tuple[sp.Expr, ...] = ()
     threshold: float = 0.0
     closed_error: float = 0.0
+    #: why a closed form that exists is not used (evaluated by quadrature instead)
+    fallback: str = "the closed form cancels for short steps"
     series_error: float = 0.0
 
 
@@ -451,7 +475,11 @@ def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> 
         return q
     if q.closed == 0:
         return dataclasses.replace(q, kind="closed")
-    corners = [(sg, sg * (1 - t)) for sg in (SIGMA_GRID[0], SIGMA_GRID[-1]) for t in (T_GRID[0], T_GRID[-1])]
+    corners = [
+        (sg, sg * ratio)
+        for sg in (SIGMA_GRID[0], SIGMA_GRID[-1])
+        for ratio in (1 - T_GRID[0], MIN_STEP_RATIO)
+    ]
     if _range_failure(q.closed, (sigma, sigma_next), corners) is not None:
         return q
     f53 = sp.lambdify((sigma, sigma_next), q.closed, "mpmath", cse=True)
@@ -477,6 +505,25 @@ def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> 
                     err = float(abs(value - exact) / abs(exact))
             worst = max(worst, err)
         errors.append(worst)
+    # long steps, up to the longest a module accepts: some closed forms lose digits there instead
+    long_error = 0.0
+    for ratio in LONG_RATIO_GRID:
+        for sg in SIGMA_GRID:
+            with mpmath.workdps(REFERENCE_DPS + 30):
+                exact = +fmp(mpmath.mpf(sg), mpmath.mpf(sg * ratio))
+            value = _emulated_float64(f53, sg, sg * ratio)
+            if value is None or not _in_float64_range(exact):
+                long_error = math.inf
+            elif exact != 0:
+                with mpmath.workdps(REFERENCE_DPS):
+                    long_error = max(long_error, float(abs(value - exact) / abs(exact)))
+    if not long_error <= ROUNDING_TARGET:
+        reason = (
+            f"the closed form's rounding error reaches {long_error:.1e} on long steps"
+            if math.isfinite(long_error)
+            else "the closed form leaves float64's range on long steps"
+        )
+        return dataclasses.replace(q, fallback=reason)
     ok = [e <= ROUNDING_TARGET for e in errors]
     if not ok[-1]:
         return q
@@ -484,7 +531,7 @@ def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> 
     while first > 0 and ok[first - 1]:
         first -= 1
     if first == 0:
-        return dataclasses.replace(q, kind="closed", closed_error=max(errors))
+        return dataclasses.replace(q, kind="closed", closed_error=max(*errors, long_error))
     if not allow_series or q.series_power is None:
         return q
     threshold = T_GRID[first]
@@ -509,7 +556,7 @@ def _plan_closed(step: ERSDEStep, q: Quantity, *, allow_series: bool = True) -> 
                 kind="closed",
                 series=coefficients[:terms],
                 threshold=threshold,
-                closed_error=max(errors[first:]),
+                closed_error=max(*errors[first:], long_error),
                 series_error=worst,
             )
     return q
@@ -532,14 +579,18 @@ def evaluation_notes(plan: CoefficientPlan) -> list[str]:
         elif q.kind == "closed":
             notes.append(f"{q.label}: closed form (rounding error {q.closed_error:.1e}).")
         else:
-            reason = "the closed form cancels for short steps" if q.closed is not None else "no closed form"
+            reason = q.fallback if q.closed is not None else "no closed form"
             notes.append(f"{q.label}: {plan.quadrature_nodes}-point Gauss-Legendre in log s ({reason}).")
     if plan.uses_quadrature:
         notes.append(
             f"Quadrature: truncation error {plan.quadrature_error:.1e} already with {plan.truncation_nodes} nodes, over "
-            "sigma in [1e-4, 1e4] and sigma_next/sigma in [1e-4, 1 - 1e-9]; the integrands are smooth and one-signed "
+            f"sigma in [{SIGMA_GRID[0]:g}, {SIGMA_GRID[-1]:g}] and sigma_next/sigma in [{MIN_STEP_RATIO:g}, 1 - 1e-9]; the "
+            "integrands are smooth and one-signed "
             "in log s, so float64 rounding adds only a few ulp."
         )
     if any(q.kind == "closed" and q.closed != 0 for q in plan.quantities):
-        notes.append("Rounding errors are those of correctly rounded float64 arithmetic, emulated in mpmath.")
+        notes.append(
+            "Rounding errors are those of correctly rounded float64 arithmetic, emulated in mpmath, over sigma in "
+            f"[{SIGMA_GRID[0]:g}, {SIGMA_GRID[-1]:g}] and sigma_next/sigma in [{MIN_STEP_RATIO:g}, 1)."
+        )
     return notes

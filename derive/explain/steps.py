@@ -856,6 +856,8 @@ def _quantity_notes(ctx: _Context, q: _coefficients.Quantity) -> str:
         reason = "SymPy found no closed form"
         if ctx.variable != "s" and q.label[-1] != "0" and q.label not in ("v", "w"):
             reason = "expanded in lambda, only the quadrature is used"
+    elif "long steps" in q.fallback:
+        reason = f"SymPy's closed form is not used: {q.fallback}"
     else:
         reason = "SymPy's closed form loses accuracy to cancellation for short steps and no small-step series repaired it"
     return (
@@ -946,10 +948,11 @@ def _weights(ctx: _Context) -> Step:
     )
     notes = [_quantity_notes(ctx, q) for q in ctx.plan.quantities]
     if ctx.plan.uses_quadrature:
+        low, high = _coefficients.SIGMA_GRID[0], _coefficients.SIGMA_GRID[-1]
         notes.append(
             f"Quadrature: {ctx.plan.quadrature_nodes} nodes; the truncation error is {ctx.plan.quadrature_error:.1e} "
-            f"already with {ctx.plan.truncation_nodes} nodes, over s_i in [1e-4, 1e4] and step ratios s_i+1/s_i in "
-            "[1e-4, 1 - 1e-9]."
+            f"already with {ctx.plan.truncation_nodes} nodes, over s_i in [{low:g}, {high:g}] and step ratios "
+            f"s_i+1/s_i in [{_coefficients.MIN_STEP_RATIO:g}, 1 - 1e-9] (longer steps are refused)."
         )
     checks = []
     if ctx.form == "data" and variable == "s":
