@@ -677,11 +677,11 @@ def test_flow_data_form_starts_from_pure_noise(name):
 def test_noise_form_refuses_pure_noise_start(rendered):
     module = rendered(family="vpsde", order=2, dynamics="ode", schedule="discrete")
     assert module.FORM == "noise"
-    table = torch.tensor([0.0, 0.2, 0.5, 0.9, 0.99], dtype=F64)
-    a, _ = module.schedule(torch.tensor([0]), alphas_cumprod=table)
+    table = torch.tensor([0.99, 0.9, 0.5, 0.2, 0.0], dtype=F64)  # DDPM's order: pure noise at the last index
+    a, _ = module.schedule(torch.tensor([4]), alphas_cumprod=table)
     assert float(a[0]) == 0.0
     x = torch.ones(2, 3, dtype=F64)
     with pytest.raises(ValueError, match="alpha = 0"):
         module.sample_native(
-            lambda x, t: torch.zeros_like(x), x, torch.tensor([0, 1, 2, 3, 4]), alphas_cumprod=table
+            lambda x, t: torch.zeros_like(x), x, torch.tensor([4, 3, 2, 1, 0]), alphas_cumprod=table
         )

@@ -13,6 +13,8 @@ import sympy as sp
 
 from derive.coefficients import (
     HISTORY_AMPLIFICATION_FACTOR,
+    MIN_STEP_RATIO,
+    SIGMA_GRID,
     CoefficientPlan,
     Quantity,
     evaluation_notes,
@@ -277,6 +279,8 @@ def shared_context(
         "weight_calls": weight_calls,
         "variance_call": variance_call,
         "any_series": any(q.series for q in plan.quantities),
+        "checked_sigmas": repr((SIGMA_GRID[0], SIGMA_GRID[-1])),
+        "min_step_ratio": repr(MIN_STEP_RATIO),
     }
 
 
@@ -431,6 +435,13 @@ def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dic
             "schedule": schedule.name,
             "schedule_doc": schedule.description,
             "parameters_python": repr({str(k): float(v) for k, v in schedule.parameters}),
+            "time_range": repr(schedule.domain),
+            "parameter_conditions": repr(
+                {
+                    str(k): "positive" if k.is_positive else "nonnegative" if k.is_nonnegative else "real"
+                    for k, _ in schedule.parameters
+                }
+            ),
             "limit": repr(float(limit)),
             "discrete": schedule.discrete,
             "table": "alphas_cumprod" if spec.family == "vpsde" else "theta_bar",

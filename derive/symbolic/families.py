@@ -44,6 +44,8 @@ class Schedule:
     parameters: tuple[tuple[sp.Symbol, float], ...] = ()
     discrete: bool = False
     description: str = ""
+    #: the times a continuous schedule is defined on, [domain[0], domain[1]] (None: unbounded above)
+    domain: tuple[float, float | None] = (0.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +139,7 @@ FAMILIES: dict[str, Family] = {
     "edm": Family(
         "edm",
         "EDM (Karras et al.): sigma = t",
-        (Schedule("edm", sp.Integer(1), t, (), description="sigma(t) = t, alpha = 1"),),
+        (Schedule("edm", sp.Integer(1), t, (), description="sigma(t) = t, alpha = 1", domain=(0.0, None)),),
         "data",
         ("data", "noise"),
         None,
@@ -164,6 +166,7 @@ FAMILIES: dict[str, Family] = {
                 stationary_std * sp.sqrt(1 - sp.exp(-2 * theta * t)),
                 ((theta, 1.0), (stationary_std, 1.0)),
                 description="theta_t = theta (constant), alpha = exp(-theta t), sigma = lambda sqrt(1 - alpha^2)",
+                domain=(0.0, None),
             ),
             _table_schedule(
                 "a table theta_bar[t] (cumulative theta, e.g. IR-SDE's cosine schedule); alpha = exp(-theta_bar),"
