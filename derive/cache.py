@@ -5,9 +5,10 @@ the sampled steps, the reference rule and the mpmath version only). A cached val
 same value a cold run computes, so the generated text never depends on the cache.
 
 Values are plain JSON strings and lists, never code: a cache file is parsed, not evaluated. Every key is
-the SHA-256 of everything the value depends on, so a stale entry cannot be hit; entries are written to a
-temporary file and renamed. Location: ``$DERIVE_CACHE_DIR``, else ``$XDG_CACHE_HOME/derive``, else
-``~/.cache/derive``; ``DERIVE_CACHE_DIR=off`` disables it. An unwritable location only costs time.
+the SHA-256 of everything the value depends on, so a stale entry cannot be hit; each entry carries the
+SHA-256 of its value, checked on every read; entries are written to a temporary file and renamed.
+Location: ``$DERIVE_CACHE_DIR``, else ``$XDG_CACHE_HOME/derive``, else ``~/.cache/derive``;
+``DERIVE_CACHE_DIR=off`` disables it. An unwritable location only costs time.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ import hashlib
 import json
 import os
 import pathlib
-import tempfile
+import warnings
 
-FORMAT = "derive-cache-1"
+from derive.files import atomic_write, remove_stale_temporaries
+
+FORMAT = "derive-cache-2"
 
 
 def directory() -> pathlib.Path | None:
@@ -37,31 +40,37 @@ def _path(namespace: str, parts: tuple[str, ...]) -> pathlib.Path | None:
     return root / namespace / f"{digest}.json"
 
 
+def _checksum(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
 def load(namespace: str, parts: tuple[str, ...]):
-    """The cached JSON value, or None (missing, unreadable or malformed entries are misses)."""
+    """The cached JSON value, or None. Missing, unreadable or malformed entries are misses; an entry whose
+    checksum does not match its value (edited or damaged on disk) is a miss with a warning, and the caller's
+    recomputed value replaces it."""
     path = _path(namespace, parts)
     if path is None:
         return None
     try:
         with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+            entry = json.load(handle)
     except (OSError, ValueError):
         return None
+    if not (isinstance(entry, dict) and entry.get("format") == FORMAT and "value" in entry):
+        return None
+    if entry.get("sha256") != _checksum(entry["value"]):
+        warnings.warn(f"derive: the cache entry {path} failed its checksum; it is recomputed", stacklevel=2)
+        return None
+    return entry["value"]
 
 
 def store(namespace: str, parts: tuple[str, ...], value) -> None:
+    """Write ``value`` with its checksum (atomically; temporaries of killed runs are removed first)."""
     path = _path(namespace, parts)
     if path is None:
         return
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(value, handle)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        remove_stale_temporaries(path.parent)
+        atomic_write(path, json.dumps({"format": FORMAT, "sha256": _checksum(value), "value": value}))
     except OSError:
         pass

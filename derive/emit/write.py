@@ -8,7 +8,7 @@ import json
 import pathlib
 
 from derive.errors import HandEditedError
-from derive.files import atomic_write
+from derive.files import atomic_write, folder_lock, remove_stale_temporaries
 from derive.spec import Spec
 
 MANIFEST = "MANIFEST.json"
@@ -67,7 +67,17 @@ def check_hand_edit(path: pathlib.Path, manifest: dict) -> None:
 def write_modules(
     rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bool = False
 ) -> list[pathlib.Path]:
-    """Write changed modules and update the manifest; returns the paths written (unchanged files are left)."""
+    """Write changed modules and update the manifest; returns the paths written (unchanged files are left).
+
+    The whole read-check-write of the manifest holds a lock on the folder: two runs writing different
+    modules into one folder both end up in its manifest. Temporaries left by a run killed mid-write are
+    removed first."""
+    with folder_lock(out_dir):
+        remove_stale_temporaries(out_dir)
+        return _write_modules(rendered, out_dir, force=force)
+
+
+def _write_modules(rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bool) -> list[pathlib.Path]:
     manifest = read_manifest(out_dir)
     if not force:
         for spec, text in rendered.items():
