@@ -16,6 +16,7 @@ import time
 from derive.checks import Check, adams_identity_check, generic_checks, interpolation_check, step_checks
 from derive.coefficients import CoefficientPlan, plan_coefficients
 from derive.errors import AdmissibilityError
+from derive.methods import METHODS
 from derive.spec import Spec
 from derive.symbolic.admissibility import check_phi
 from derive.symbolic.ersde import ERSDEStep, derive_step, s
@@ -70,7 +71,8 @@ def _derive(spec: Spec) -> Derivation:
     step = derive_step(phi)
     checks = list(generic_checks())
     # the corrector integrates one degree more: it needs c_0 .. c_K
-    plan = plan_coefficients(step, spec.method_order, spec.form, spec.variable, direct=spec.method == "adams")
+    method = METHODS[spec.method]
+    plan = plan_coefficients(step, spec.method_order, spec.form, spec.variable, direct=method.direct_weights)
     closed = {
         int(q.name[1:]): q.closed
         for q in plan.weights
@@ -79,9 +81,9 @@ def _derive(spec: Spec) -> Derivation:
     checks += step_checks(step, closed)
     for k in range(1, spec.order + 1):
         checks.append(interpolation_check(k))
-        if spec.method == "pc":
+        if method.corrector:
             checks.append(interpolation_check(k, corrector=True))
-        if spec.method == "adams":
+        if method.direct_weights:
             checks.append(adams_identity_check(step, k, spec.form, spec.variable))
     return Derivation(spec, step, plan, tuple(checks), _declared_orders(spec, step))
 

@@ -42,8 +42,10 @@ def _version(distribution: str) -> str:
 
 @functools.cache
 def identity() -> dict:
-    """derive's version, the codegen version, the SHA-256 of every template and the toolchain versions."""
+    """derive's version, the codegen version, the SHA-256 of every template and of every runtime file's inlined
+    part, and the toolchain versions."""
     import derive
+    from derive import runtime
 
     templates = {
         path.name: hashlib.sha256(path.read_bytes()).hexdigest()
@@ -53,6 +55,7 @@ def identity() -> dict:
         "derive": derive.__version__,
         "codegen": CODEGEN_VERSION,
         "templates": templates,
+        "runtime": runtime.sources(),
         "toolchain": {name: _version(name) for name in TOOLCHAIN},
     }
 

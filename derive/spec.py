@@ -8,6 +8,7 @@ import re
 import shlex
 
 from derive.errors import SpecError
+from derive.methods import METHODS as _METHOD_REGISTRY
 from derive.symbolic.expression import PRESETS
 from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
 
@@ -16,7 +17,8 @@ FAMILIES = ("ersde", *PROCESS_FAMILIES)
 #: taylor: the prediction's Taylor polynomial from the interpolating polynomial's derivatives; pc: the same
 #: predictor plus a corrector through the output at the predicted point (order K + 1, no extra model call);
 #: adams: the Lagrange basis through the last K outputs integrated directly against the step's density (DEIS-type)
-METHODS = ("taylor", "adams", "pc")
+#: the registered methods (derive.methods), in the order the CLI lists them
+METHODS = tuple(_METHOD_REGISTRY)
 DYNAMICS = ("ode", "sde", "er")
 PREDICTIONS = ("data", "noise", "velocity")
 MAX_ORDER = 8
@@ -173,7 +175,7 @@ class Spec:
     @property
     def method_order(self) -> int:
         """The order of the method: K, or K + 1 for the predictor-corrector."""
-        return self.order + 1 if self.method == "pc" else self.order
+        return _METHOD_REGISTRY[self.method].order(self.order)
 
     @property
     def resolved_dynamics(self) -> str:

@@ -21,8 +21,10 @@ from derive.coefficients import (
 )
 from derive.derivation import derive_spec
 from derive.emit.printer import Polyval, Routine, make_routine
+from derive.methods import METHODS
 from derive.provenance import template_dir
 from derive.quadrature import gauss_legendre
+from derive.runtime import inlined
 from derive.spec import Spec, command_args
 from derive.symbolic.ersde import (
     ERSDEStep,
@@ -177,7 +179,7 @@ def _routines(spec: Spec, step: ERSDEStep, plan: CoefficientPlan):
 
 def _adams_routines(spec: Spec, step: ERSDEStep) -> tuple[list[Routine], list[tuple[int, str]]]:
     """Density, prefactor, expansion offset and Lagrange bases 1 .. K of the direct (Adams) weights."""
-    if spec.method != "adams":
+    if not METHODS[spec.method].direct_weights:
         return [], []
     from derive.coefficients import weight_quantity
     from derive.symbolic.interpolation import x as basis_x
@@ -227,7 +229,7 @@ def _adams_routines(spec: Spec, step: ERSDEStep) -> tuple[list[Routine], list[tu
 def _corrector_routines(spec: Spec) -> tuple[list[Routine], list[tuple[int, str]]]:
     """The corrector's derivative matrices D' for 1 .. K stored outputs plus the new one (pc only)."""
     routines, names = [], []
-    if spec.method != "pc":
+    if not METHODS[spec.method].corrector:
         return routines, names
     for k in range(1, spec.order + 1):
         D = corrector_derivative_weights(k)
@@ -255,6 +257,19 @@ def _wrapped(lines: list[str], width: int = 106) -> list[str]:
             textwrap.wrap(line, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
         )
     return out
+
+
+def _native_runtime(spec: Spec, native: dict | None) -> list[str]:
+    """The runtime files of a process family's own coordinates (none for ersde)."""
+    if native is None:
+        return []
+    times = "discrete" if native["discrete"] else "continuous"
+    return ["native", times, *(["noise_start"] if spec.form == "noise" else [])]
+
+
+def _runtime_text(names: list[str]) -> str:
+    """The runtime files' inlined parts (derive/runtime/), in this order, separated as top-level code is."""
+    return "\n\n\n".join(inlined(name) for name in names)
 
 
 def step_text(expr: sp.Expr) -> str:
@@ -316,11 +331,23 @@ def render(spec: Spec) -> str:
         "method_order": spec.method_order,
         "amplification_limits": [
             (k, repr(float(HISTORY_AMPLIFICATION_FACTOR * adams_bashforth_lebesgue(k))))
-            for k in range(2, spec.order + 1 + (spec.method == "pc"))
+            for k in range(2, spec.method_order + 1)
         ],
         "amplification_factor": HISTORY_AMPLIFICATION_FACTOR,
     }
     context.update(_native_context(spec, step, routines))
+    context["runtime"] = _runtime_text(
+        [
+            "contract",
+            "history",
+            "table",
+            *METHODS[spec.method].runtime,
+            "loop",
+            *(["quadrature"] if context["quadrature_nodes"] else []),
+            *(["series"] if context["any_series"] else []),
+            *_native_runtime(spec, context["native"]),
+        ]
+    )
     text = _environment().get_template("solver.py.jinja").render(**context)
     return format_source(text)
 

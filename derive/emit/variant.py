@@ -6,7 +6,14 @@ import sympy as sp
 
 from derive.derivation import derive_spec
 from derive.emit.printer import make_routine
-from derive.emit.render import _environment, _routines, format_source, shared_context, step_text
+from derive.emit.render import (
+    _environment,
+    _routines,
+    _runtime_text,
+    format_source,
+    shared_context,
+    step_text,
+)
 from derive.variants import Variant, check_variant, delta1, delta2, step, taylor_symbols
 
 _OFFSETS = (delta1, delta2)
@@ -79,5 +86,13 @@ def render_variant(variant: Variant) -> str:
         "stage_routines": stage_routines,
         "corrector_routines": corrector_routines,
     }
+    context["runtime"] = _runtime_text(
+        [
+            "contract",
+            "variant",
+            *(["quadrature"] if context["quadrature_nodes"] else []),
+            *(["series"] if context["any_series"] else []),
+        ]
+    )
     text = _environment().get_template("variant.py.jinja").render(**context)
     return format_source(text)

@@ -167,7 +167,7 @@ def step_table(module, alpha, sigma):
 
 def has_corrector(module) -> bool:
     """Whether ``module`` corrects each step with the next model output (a pc module or a UniPC variant)."""
-    return getattr(module, "METHOD", None) == "pc" or hasattr(module, "_CORRECTORS")
+    return getattr(module, "METHOD", None) == "pc" or bool(getattr(module, "_CORRECTORS", None))
 
 
 def correction_table(module, alpha, sigma):
@@ -192,7 +192,7 @@ def correction_table(module, alpha, sigma):
         )
     s = torch.tensor([g / a for g, a in zip(sigma, alpha)], dtype=torch.float64)
     rows = []
-    if hasattr(module, "_CORRECTORS"):  # a published predictor-corrector (UniPC): the step recomputed
+    if getattr(module, "_CORRECTORS", None):  # a published predictor-corrector (UniPC): the step recomputed
         ratios, _, _, _, corrections = module._tables(s)
         for i, c in enumerate(corrections):
             a0, a1 = alpha[i], alpha[i + 1]

@@ -1,5 +1,16 @@
-{#- The runtime contract shared by every module: argument checks before the first model call, checks of what
-the model and the noise sampler return, and the default noise. Plain Python, no math. -#}
+"""The runtime contract: argument checks before the first model call, checks of what the model and the noise
+sampler return at each step, the refusal of unverified steps and non-finite coefficients, the default noise.
+Inlined into every generated module."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from derive.runtime.module import CHECKED_SIGMAS, MIN_STEP_RATIO, SPEC
+
+# ---- inlined into the generated modules below this line ----
 
 
 def _float64(values, name="sigmas"):
@@ -23,7 +34,9 @@ def _float64(values, name="sigmas"):
 
 def _real(value, name):
     """``value`` as a finite Python float (a number or a one-element tensor); TypeError / ValueError naming it."""
-    if isinstance(value, (bool, str, bytes, complex)) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+    if isinstance(value, (bool, str, bytes, complex)) or (
+        isinstance(value, torch.Tensor) and value.numel() != 1
+    ):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     try:
         value = float(value)
@@ -34,18 +47,24 @@ def _real(value, name):
     return value
 
 
-def _check_arguments(model, x, extra_args, callback, noise_sampler, generator, history, check_finite, n_steps):
+def _check_arguments(
+    model, x, extra_args, callback, noise_sampler, generator, history, check_finite, n_steps
+):
     """Everything sample() can check before the first model call: one error naming the argument."""
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() == 0:
-        raise ValueError("x must have a batch dimension first (got a 0-d tensor); pass x[None] for one sample")
+        raise ValueError(
+            "x must have a batch dimension first (got a 0-d tensor); pass x[None] for one sample"
+        )
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype} (convert it with x.float())")
     if extra_args is not None and not (hasattr(extra_args, "keys") and hasattr(extra_args, "__getitem__")):
-        raise TypeError(f"extra_args must be a dict of keyword arguments for the model, got {type(extra_args).__name__}")
+        raise TypeError(
+            f"extra_args must be a dict of keyword arguments for the model, got {type(extra_args).__name__}"
+        )
     for name, value in (("callback", callback), ("noise_sampler", noise_sampler)):
         if value is not None and not callable(value):
             raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
@@ -56,11 +75,15 @@ def _check_arguments(model, x, extra_args, callback, noise_sampler, generator, h
         if not isinstance(history, (list, tuple)):
             raise TypeError(f"history must be a list of tensors shaped like x, got {type(history).__name__}")
         if len(history) > n_steps:
-            raise ValueError(f"history holds {len(history)} predictions, more than the {n_steps} steps of sigmas")
+            raise ValueError(
+                f"history holds {len(history)} predictions, more than the {n_steps} steps of sigmas"
+            )
         for j, item in enumerate(history):
             if not isinstance(item, torch.Tensor) or item.shape != x.shape:
                 shape = tuple(item.shape) if isinstance(item, torch.Tensor) else type(item).__name__
-                raise ValueError(f"history[{j}] must be a tensor shaped like x, {tuple(x.shape)}; got {shape}")
+                raise ValueError(
+                    f"history[{j}] must be a tensor shaped like x, {tuple(x.shape)}; got {shape}"
+                )
 
 
 def _check_generator(generator, x):
@@ -133,3 +156,17 @@ def _compute_dtype(dtype):
     """fp16 / bf16 states are carried in float32 (rounding the state to 8 or 11 bits every step accumulates
     over long schedules); the model still sees, and the result comes back in, the caller's dtype."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _check_sigmas(s):
+    """A solver module's noise levels: at least two, finite, non-negative, non-increasing, only the last zero."""
+    if s.numel() < 2:
+        raise ValueError("sigmas must hold at least two noise levels")
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError("sigmas must be finite (found NaN or Inf)")
+    if bool((s < 0).any()):
+        raise ValueError("sigmas must be non-negative")
+    if bool((s[1:] > s[:-1]).any()):
+        raise ValueError("sigmas must be non-increasing")
+    if bool((s[:-1] == 0).any()):
+        raise ValueError("only the last sigma may be zero")
