@@ -27,11 +27,12 @@ from click.testing import CliRunner
 from derive.derivation import derive_spec
 from derive.errors import DerivationError
 from derive.explain import docs as docs_module
+from derive.explain import model as steps_module
 from derive.explain import render as render_module
-from derive.explain import steps as steps_module
 from derive.explain.command import explain
 from derive.explain.docs import family_specs, render_docs, rst_to_markdown
-from derive.explain.steps import build_explanation, special_cases
+from derive.explain.special import special_cases
+from derive.explain.steps import build_explanation
 from derive.spec import CATALOGUE, FAMILIES, Spec, command_args
 from derive.symbolic import families as families_module
 from derive.symbolic.ersde import s

@@ -9,9 +9,11 @@ The submodules: ``steps`` (the walk-through as data), ``render`` (text / LaTeX /
 click command), ``docs`` (the generated documentation pages).
 """
 
+from derive.explain.model import CheckResult, Explanation, Formula, Step
 from derive.explain.render import FORMATS
 from derive.explain.render import render as render_explanation
-from derive.explain.steps import CheckResult, Explanation, Formula, Step, build_explanation, special_cases
+from derive.explain.special import special_cases
+from derive.explain.steps import build_explanation
 
 __all__ = [
     "FORMATS",

@@ -35,7 +35,8 @@ from derive.explain.render import (
     markdown_step,
     render_markdown,
 )
-from derive.explain.steps import build_explanation, special_cases
+from derive.explain.special import special_cases
+from derive.explain.steps import build_explanation
 from derive.explain.variant import build_variant_explanation
 from derive.spec import CATALOGUE, FAMILIES, Spec
 from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
@@ -294,14 +295,15 @@ REFERENCE: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("derive.derivation", ("Derivation", "Orders", "derive", "derive_spec")),
+    ("derive.methods", ("Method", "METHODS", "method")),
+    ("derive.runtime", ("inlined", "sources")),
     ("derive.emit.render", ("render",)),
     ("derive.variants", ("Variant", "Stage", "Estimate", "variant_table", "get_variant", "check_variant")),
     ("derive.emit.variant", ("render_variant",)),
     ("derive.explain", ("build_explanation", "render_explanation")),
-    (
-        "derive.explain.steps",
-        ("build_explanation", "special_cases", "Explanation", "Step", "Formula", "CheckResult"),
-    ),
+    ("derive.explain.steps", ("build_explanation",)),
+    ("derive.explain.special", ("special_cases",)),
+    ("derive.explain.model", ("Explanation", "Step", "Formula", "CheckResult")),
     ("derive.explain.render", ("render", "render_text", "render_latex", "render_markdown")),
     ("derive.explain.command", ("make_spec",)),
     ("derive.explain.docs", ("render_docs", "check_docs", "write_docs", "main")),

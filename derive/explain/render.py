@@ -1,4 +1,4 @@
-"""Print an :class:`~derive.explain.steps.Explanation` as text, LaTeX or Markdown.
+"""Print an :class:`~derive.explain.model.Explanation` as text, LaTeX or Markdown.
 
 Formulas are printed by SymPy: ``pretty()`` for text (``sstr()`` when a pretty form would be unreadably
 wide), ``latex()`` for LaTeX and Markdown (MathJax through pymdownx.arithmatex). The only change made to an
@@ -16,7 +16,7 @@ from sympy.printing.pretty.pretty import PrettyPrinter
 from sympy.printing.pretty.stringpict import prettyForm
 
 from derive import variants as _variants
-from derive.explain.steps import CheckResult, Explanation, Formula, Step
+from derive.explain.model import CheckResult, Explanation, Formula, Step
 from derive.symbolic import ersde as _ersde
 from derive.symbolic import families
 from derive.symbolic.ersde import sigma, sigma_next

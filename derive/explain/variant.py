@@ -18,7 +18,7 @@ and the step ``h = u_{i+1} - u_i``. The walk-through
 
 For DDPM the posterior variance ``beta~`` of the published sampler is compared with the ER SDE's ``v``, and
 the variance ``beta`` (diffusers' ``fixed_large``) is shown as the departure it is. Nothing here prints: the
-result is an :class:`~derive.explain.steps.Explanation`, printed by :mod:`derive.explain.render`.
+result is an :class:`~derive.explain.model.Explanation`, printed by :mod:`derive.explain.render`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import sympy as sp
 
 from derive import variants as _variants
 from derive.errors import DerivationError
-from derive.explain.steps import (
+from derive.explain.model import (
     Y_I,
     Y_NEXT,
     CheckResult,

@@ -33,717 +33,100 @@ finer ones. The step size fed to :func:`~derive.verify.orders.fit_order` is the 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
-import functools
-import itertools
-import json
-import math
-import pathlib
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import ModuleType
 
 import numpy as np
 import torch
 
 from derive.errors import SpecError
-from derive.loader import catalogue_dir
-from derive.options import WARMUPS, parse_steps, validate_steps
+from derive.options import WARMUPS, parse_steps
 from derive.verify import tolerances
-from derive.verify.orders import DEFAULT_FLOOR_FACTOR, OrderFit, fit_order
+from derive.verify.loading import (
+    GENERATED_DIR as GENERATED_DIR,
+)
+from derive.verify.loading import (
+    _kappa_from_text as _kappa_from_text,
+)
+from derive.verify.loading import (
+    dynamics,
+    history_quantity,
+    kappa_function,
+    load_checked_in,
+    load_module_file,
+    load_rendered,
+    load_rendered_variant,
+    manifest,
+    module_name,
+)
 from derive.verify.problems import (
     GaussianData,
-    GaussianMixture,
-    karras_sigmas,
-    log_uniform_sigmas,
-    reference_flow,
+)
+from derive.verify.references import (
+    COARSE_STEPS,
+    DEFAULT_STEPS,
+    PROBLEMS,
+    REFERENCE_ATOL,
+    REFERENCE_RTOL,
+    BrownianPath,
+    Problem,
+    Progress,
+    Reference,
+    Settings,
+    _gauss_legendre_log,
+    _zero_noise,
+    drift_flow,
+    make_problem,
+    run_sampler,
+    schedule,
+    substep_count,
+    warmup_levels,
+    warmup_sample,
+)
+from derive.verify.studies import (
+    ModuleReport,
+    Study,
+    make_study,
 )
 
 __all__ = [
+    "BrownianPath",
     "COARSE_STEPS",
     "DEFAULT_STEPS",
     "GENERATED_DIR",
-    "PROBLEMS",
-    "WARMUPS",
-    "BrownianPath",
     "ModuleReport",
+    "PROBLEMS",
+    "Problem",
+    "REFERENCE_ATOL",
+    "REFERENCE_RTOL",
+    "Reference",
     "Settings",
     "Study",
+    "WARMUPS",
+    "_gauss_legendre_log",
     "count_studies",
+    "drift_flow",
     "dynamics",
     "history_quantity",
+    "kappa_function",
     "load_checked_in",
     "load_module_file",
     "load_rendered",
+    "load_rendered_variant",
+    "make_problem",
+    "make_study",
     "manifest",
     "parse_steps",
     "report_dict",
+    "run_sampler",
+    "schedule",
     "substep_count",
     "verify_module",
     "warmup_levels",
     "warmup_sample",
 ]
-
-#: the catalogue: the installed ``derive._generated`` package data, else a source checkout's ``generated/``
-GENERATED_DIR = catalogue_dir()
-PROBLEMS = ("gaussian", "gmm")
-SCHEDULES = ("log-uniform", "karras")
-#: five halvings; the noise-form samplers approach their order like K - c/n and need n >= 64 or so
-DEFAULT_STEPS = (16, 32, 64, 128, 256, 512)
-#: three halvings, all in the asymptotic range of every checked-in module
-COARSE_STEPS = (64, 128, 256, 512)
-
-Progress = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------------------------------
-# settings and input validation
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything a verification run depends on (all of it goes into the JSON report)."""
-
-    steps: tuple[int, ...] = DEFAULT_STEPS
-    problems: tuple[str, ...] = ("gaussian",)
-    warmup: str = "none"
-    schedule: str = "log-uniform"
-    #: noise levels of the Gaussian problem (every study runs from sigma_max down to its problem's sigma_min)
-    sigma_max: float = 5.0
-    sigma_min: float = 0.1
-    #: the mixture stops earlier: closer to its narrow component (std 0.05) the denoiser changes so fast that
-    #: orders 4 to 6 settle only after 512 steps or not before the float64 floor (still strongly nonlinear here)
-    gmm_sigma_min: float = 0.3
-    #: starting points per deterministic study
-    batch: int = 16
-    #: Brownian paths per strong study
-    paths: int = 256
-    #: the strong reference runs on reference_factor x max(steps) steps
-    reference_factor: int = 8
-    seed: int = 0
-    gaussian_mean: tuple[float, ...] = (0.3, -0.5, 1.0)
-    gaussian_var: tuple[float, ...] = (0.25, 1.0, 4.0)
-    gmm_dim: int = 2
-    gmm_seed: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "steps", validate_steps(self.steps))
-        object.__setattr__(self, "problems", tuple(self.problems))
-        for p in self.problems:
-            if p not in PROBLEMS:
-                raise SpecError(f"unknown problem {p!r}; choose from: {', '.join(PROBLEMS)}")
-        if not self.problems:
-            raise SpecError("give at least one problem")
-        if self.warmup not in WARMUPS:
-            raise SpecError(f"unknown warm-up {self.warmup!r}; choose from: {', '.join(WARMUPS)}")
-        if self.schedule not in SCHEDULES:
-            raise SpecError(f"unknown schedule {self.schedule!r}; choose from: {', '.join(SCHEDULES)}")
-        if (
-            not 0
-            < min(self.sigma_min, self.gmm_sigma_min)
-            <= max(self.sigma_min, self.gmm_sigma_min)
-            < self.sigma_max
-            < math.inf
-        ):
-            raise SpecError("need 0 < sigma_min, gmm_sigma_min < sigma_max")
-        if min(self.batch, self.paths, self.reference_factor) < 1:
-            raise SpecError("batch, paths and reference_factor must be positive")
-
-    @classmethod
-    def coarse(cls, **overrides) -> Settings:
-        """The CI setting: three halvings (all asymptotic), fewer starting points and paths, a shorter strong
-        reference (its own error then lifts the finest strong error slightly: never towards a false failure)."""
-        values = {"steps": COARSE_STEPS, "batch": 8, "paths": 64, "reference_factor": 4}
-        values.update(overrides)
-        return cls(**values)
-
-    def as_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-
-# --------------------------------------------------------------------------------------------------
-# loading modules
-# --------------------------------------------------------------------------------------------------
-
-
-def manifest(folder: pathlib.Path = GENERATED_DIR, *, variants: bool = False) -> dict:
-    """The checked-in modules: ``{name: entry}`` from ``MANIFEST.json`` (empty if there is none). Published-sampler
-    variants (``derive verify --variant``) are listed only with ``variants=True``, and then alone."""
-    path = pathlib.Path(folder) / "MANIFEST.json"
-    if not path.exists():
-        return {}
-    entries = json.loads(path.read_text(encoding="utf-8"))
-    return {name: entry for name, entry in entries.items() if ("variant" in entry) == variants}
-
-
-def load_module_file(path: pathlib.Path, name: str | None = None) -> ModuleType:
-    """A private (uncached) copy of a generated module from its file, through the public loader: a check
-    that patches it cannot leak into anyone else's. ``name`` is kept for callers; the loader names it."""
-    from derive.loader import load_file
-
-    try:
-        return load_file(path, private=True)
-    except ValueError as error:
-        raise SpecError(str(error)) from None
-
-
-def load_checked_in(name: str, folder: pathlib.Path = GENERATED_DIR) -> ModuleType:
-    """A module listed in ``folder/MANIFEST.json`` (``name`` with or without ``.py``)."""
-    name = name.removesuffix(".py")
-    entries = {**manifest(folder), **manifest(folder, variants=True)}
-    if name not in entries:
-        close = difflib.get_close_matches(name, list(entries), n=3)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise SpecError(
-            f"unknown module {name!r}; {hint}({len(entries)} checked-in modules: see `derive list`)"
-        )
-    return load_module_file(pathlib.Path(folder) / entries[name]["module"], name)
-
-
-def load_rendered(spec) -> ModuleType:
-    """Render a :class:`~derive.spec.Spec` with the current derivation and import it from a temp dir."""
-    from derive.api import module_text
-
-    text = module_text(spec)
-    with tempfile.TemporaryDirectory(prefix="derive-verify-") as tmp:
-        path = pathlib.Path(tmp) / f"{spec.name}.py"
-        path.write_text(text, encoding="utf-8")
-        module = load_module_file(path, spec.name)
-    module.__verify_source__ = "rendered"
-    return module
-
-
-def load_rendered_variant(variant) -> ModuleType:
-    """Render a published-sampler :class:`~derive.variants.Variant` and import it from a temp dir."""
-    from derive.api import module_text
-
-    with tempfile.TemporaryDirectory(prefix="derive-verify-") as tmp:
-        path = pathlib.Path(tmp) / f"{variant.name}.py"
-        path.write_text(module_text(variant), encoding="utf-8")
-        module = load_module_file(path, variant.name)
-    module.__verify_source__ = "rendered"
-    return module
-
-
-def module_name(module: ModuleType) -> str:
-    file = getattr(module, "__file__", None)
-    return pathlib.Path(file).stem if file else module.__name__
-
-
-# --------------------------------------------------------------------------------------------------
-# the module's dynamics: phi, kappa = s phi'/phi
-# --------------------------------------------------------------------------------------------------
-
-
-def dynamics(module: ModuleType) -> str:
-    """``"ode"`` if the module injects no noise (phi proportional to s), else ``"sde"``."""
-    probe = torch.tensor([10.0, 3.0, 1.0, 0.3, 0.1, 0.03], dtype=torch.float64)
-    _, stds, _, _ = module.coefficient_table(probe)
-    return "ode" if all(v == 0.0 for v in stds) else "sde"
-
-
-@functools.lru_cache(maxsize=64)
-def _kappa_from_text(phi_text: str) -> Callable[[np.ndarray], np.ndarray]:
-    import sympy as sp
-
-    from derive.symbolic.expression import parse_expression
-
-    phi = parse_expression(phi_text)
-    (s,) = tuple(phi.free_symbols) or (sp.Symbol("s", positive=True),)
-    kappa = sp.simplify(s * sp.diff(phi, s) / phi)
-    fn = sp.lambdify(s, kappa, "numpy")
-
-    def evaluate(values):
-        values = np.asarray(values, dtype=np.float64)
-        return np.broadcast_to(np.asarray(fn(values), dtype=np.float64), values.shape)
-
-    return evaluate
-
-
-def kappa_function(module: ModuleType) -> Callable[[np.ndarray], np.ndarray]:
-    """``kappa(s) = s phi'(s)/phi(s)`` from the module's spec (exact derivative by SymPy)."""
-    return _kappa_from_text(module.SPEC["phi"])
-
-
-def update_form(module: ModuleType) -> str:
-    """``"data"`` (x0 is interpolated; ``history`` holds data predictions) or ``"noise"`` (eps)."""
-    return getattr(module, "FORM", "data")
-
-
-def history_quantity(
-    module: ModuleType, y: torch.Tensor, denoised: torch.Tensor, sigma: float
-) -> torch.Tensor:
-    """What ``module.sample`` stores in its ``history`` for state ``y`` with prediction ``denoised``."""
-    if update_form(module) == "noise":
-        return (y - denoised) / float(sigma)
-    return denoised
-
-
-# --------------------------------------------------------------------------------------------------
-# problems and references
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Problem:
-    """Data with a torch denoiser and a reference solution of the deterministic dynamics."""
-
-    name: str
-    data: GaussianData | GaussianMixture
-    description: dict
-    sigma_max: float
-    sigma_min: float
-
-    @property
-    def d(self) -> int:
-        return self.data.d
-
-    def model(self, x, sigma):
-        return self.data.denoiser_torch(x, sigma)
-
-    def initial_states(self, n: int, seed: int) -> np.ndarray:
-        """``n`` draws from the noisy marginal at ``sigma_max``."""
-        rng = np.random.default_rng(seed)
-        return self.data.sample_np(n, rng) + self.sigma_max * rng.standard_normal((n, self.d))
-
-
-def make_problem(name: str, settings: Settings) -> Problem:
-    if name == "gaussian":
-        data = GaussianData(np.array(settings.gaussian_mean), np.array(settings.gaussian_var))
-        description = {"kind": "GaussianData", "mean": data.mean.tolist(), "var": data.var.tolist()}
-        description.update(sigma_max=settings.sigma_max, sigma_min=settings.sigma_min)
-        return Problem(name, data, description, settings.sigma_max, settings.sigma_min)
-    if name == "gmm":
-        data = GaussianMixture.standard(settings.gmm_dim, seed=settings.gmm_seed)
-        description = {
-            "kind": "GaussianMixture.standard",
-            "d": settings.gmm_dim,
-            "seed": settings.gmm_seed,
-            "weights": data.weights.tolist(),
-            "means": data.means.tolist(),
-            "stds": data.stds.tolist(),
-            "sigma_max": settings.sigma_max,
-            "sigma_min": settings.gmm_sigma_min,
-        }
-        return Problem(name, data, description, settings.sigma_max, settings.gmm_sigma_min)
-    raise SpecError(f"unknown problem {name!r}; choose from: {', '.join(PROBLEMS)}")
-
-
-def _gauss_legendre_log(
-    kappa_fn, var: np.ndarray, s_from: float, s_to: float, panels: int = 64
-) -> np.ndarray:
-    """``int_{log s_from}^{log s_to} kappa(e^u) e^{2u} / (var + e^{2u}) du`` per entry of ``var``
-    (composite 20-point Gauss-Legendre; the integrand is smooth in ``u``)."""
-    nodes, weights = np.polynomial.legendre.leggauss(20)
-    edges = np.linspace(math.log(s_from), math.log(s_to), panels + 1)
-    half = 0.5 * (edges[1:] - edges[:-1])
-    mid = 0.5 * (edges[1:] + edges[:-1])
-    u = (mid[:, None] + half[:, None] * nodes[None, :]).reshape(-1)
-    w = (half[:, None] * weights[None, :]).reshape(-1)
-    s2 = np.exp(2 * u)
-    k = kappa_fn(np.exp(u))
-    return ((k * s2)[:, None] / (var[None, :] + s2[:, None]) * w[:, None]).sum(0)
-
-
-#: DOP853 tolerances of the mixture references (scipy's smallest rtol is 100 eps); ~5e-14 relative accuracy
-REFERENCE_RTOL = 3e-14
-REFERENCE_ATOL = 1e-15
-
-
-def drift_flow(
-    denoiser_np,
-    kappa_fn,
-    y0,
-    s_from: float,
-    s_to: float,
-    *,
-    rtol: float = REFERENCE_RTOL,
-    atol: float = REFERENCE_ATOL,
-) -> np.ndarray:
-    """DOP853 solution in ``u = log s`` of the drift ODE ``dy/du = kappa(e^u) (y - D(y, e^u))``
-    (noise-free ER SDE; the probability-flow ODE when ``kappa = 1``)."""
-    from scipy.integrate import solve_ivp
-
-    y0 = np.array(y0, dtype=np.float64)
-    if s_from == s_to:
-        return y0
-    shape = y0.shape
-
-    def rhs(u, flat):
-        y = flat.reshape(shape)
-        s = math.exp(u)
-        return (float(kappa_fn(np.array(s))) * (y - denoiser_np(y, s))).ravel()
-
-    u0, u1 = math.log(s_from), math.log(s_to)
-    sol = solve_ivp(rhs, (u0, u1), y0.ravel(), method="DOP853", rtol=rtol, atol=atol)
-    if not sol.success or sol.t[-1] != u1:
-        raise RuntimeError(f"DOP853 failed on the drift ODE from s={s_from} to s={s_to}: {sol.message}")
-    return sol.y[:, -1].reshape(shape)
-
-
-class Reference:
-    """Exact (or near machine precision) flow of the module's noise-free dynamics on a problem.
-
-    ODE modules: ``GaussianData.exact_flow`` / :func:`reference_flow`. SDE modules: the drift ODE, in
-    closed form up to a quadrature for Gaussian data (``y - m`` scales by ``exp(int kappa s^2/(v+s^2) du)``)
-    and by :func:`drift_flow` for the mixture. Results are cached by ``(s_from, s_to)``.
-    """
-
-    def __init__(self, problem: Problem, module: ModuleType, kind: str):
-        self.problem = problem
-        self.kind = kind
-        self.kappa = kappa_function(module) if kind == "sde" else None
-        self._cache: dict = {}
-        exact = problem.name == "gaussian"
-        self.floor_relative = tolerances.EXACT_REFERENCE_FLOOR if exact else tolerances.DOP853_REFERENCE_FLOOR
-        if problem.name == "gaussian":
-            self.method = (
-                "closed form" if kind == "ode" else "closed form, 64x20-point Gauss-Legendre in log s"
-            )
-        else:
-            self.method = f"DOP853 in log s, rtol {REFERENCE_RTOL:g}"
-
-    def flow(self, y0: np.ndarray, s_from: float, s_to: float) -> np.ndarray:
-        key = (float(s_from), float(s_to))
-        if key not in self._cache:
-            self._cache[key] = self._flow(y0, *key)
-        return self._cache[key]
-
-    def _flow(self, y0, s_from, s_to):
-        data = self.problem.data
-        if self.kind == "ode":
-            if isinstance(data, GaussianData):
-                return data.exact_flow(y0, s_from, s_to)
-            return reference_flow(
-                data.denoiser_np, y0, s_from, s_to, rtol=REFERENCE_RTOL, atol=REFERENCE_ATOL
-            )
-        if isinstance(data, GaussianData):
-            growth = np.exp(_gauss_legendre_log(self.kappa, data.var, s_from, s_to))
-            return data.mean + (y0 - data.mean) * growth
-        return drift_flow(data.denoiser_np, self.kappa, y0, s_from, s_to)
-
-
-def schedule(settings: Settings, problem: Problem, n: int) -> torch.Tensor:
-    """``n`` steps from the problem's sigma_max to its sigma_min (``n + 1`` values, no final zero)."""
-    fn = log_uniform_sigmas if settings.schedule == "log-uniform" else karras_sigmas
-    return torch.tensor(fn(n, problem.sigma_min, problem.sigma_max), dtype=torch.float64)
-
-
-def step_size(problem: Problem, n: int) -> float:
-    """Mean step in log s."""
-    return math.log(problem.sigma_max / problem.sigma_min) / n
-
-
-# --------------------------------------------------------------------------------------------------
-# samplers: zero noise, the sub-step warm-up
-# --------------------------------------------------------------------------------------------------
-
-
-def _zero_noise(shape):
-    def sampler(sigma, sigma_next):
-        return torch.zeros(shape, dtype=torch.float64)
-
-    return sampler
-
-
-def substep_count(order: int, n: int) -> int:
-    """Total refinement of the first steps needed by the warm-up of an order-``K`` sampler on ``n`` steps.
-
-    The warm-up's very first step (one output) has a local error ``O(h_f^2)`` in its step ``h_f``; the starting
-    values must be accurate to ``O(h^K)`` for the global order ``K`` to survive, so ``h_f`` must shrink like
-    ``h^(K/2)``: ``2^K`` sub-steps at ``n = 8``, growing like ``(n/8)^((K-2)/2)``. (A fixed number of sub-steps
-    only lowers the error constant of the start; the order stays 2.)
-    """
-    if order <= 2:
-        return 2**order
-    return math.ceil(2**order * max(1.0, n / 8) ** ((order - 2) / 2))
-
-
-def warmup_levels(order: int, n: int) -> tuple[int, ...]:
-    """Sub-steps per level of the recursive warm-up, outermost first.
-
-    Each level splits the first ``K - 1`` steps of the level above; every level but the innermost uses
-    ``max(8, K)`` sub-steps (more than ``K - 1``, so its history comes from the level below), the innermost the
-    rest, so that the product is :func:`substep_count` (rounded up). Cost: ``(K - 1) * sum(levels)`` steps.
-    """
-    if order <= 1:
-        return ()
-    per_level = max(8, order)
-    need = substep_count(order, n)
-    levels = []
-    while need > per_level:
-        levels.append(per_level)
-        need = math.ceil(need / per_level)
-    return (*levels, need)
-
-
-def refine(sigmas: torch.Tensor, substeps: int) -> torch.Tensor:
-    """Split every interval of ``sigmas`` into ``substeps`` steps uniform in log s (end points kept)."""
-    out = [sigmas[:1]]
-    ramp = torch.linspace(0.0, 1.0, substeps + 1, dtype=torch.float64)[1:]
-    for a, b in itertools.pairwise(sigmas):
-        inner = torch.exp(torch.log(a) + ramp * (torch.log(b) - torch.log(a)))
-        inner[-1] = b
-        out.append(inner)
-    return torch.cat(out)
-
-
-def _warm_start(module, model, x, head, levels, noise_sampler, generator):
-    """Predictions (history quantity) at ``head[0..K-2]`` and the state at ``head[K-1]``, from ``x`` at
-    ``head[0]``: the module runs on ``head`` refined by ``levels[0]``, itself started by the next level."""
-    m = len(head) - 1
-    substeps = levels[0]
-    fine = refine(head, substeps)
-    seen: dict[int, torch.Tensor] = {}
-
-    def keep(info):
-        if info["i"] % substeps == 0:
-            seen[info["i"] // substeps] = history_quantity(module, info["x"], info["denoised"], info["sigma"])
-
-    history = None
-    if len(levels) > 1:
-        history, x = _warm_start(module, model, x, fine[: m + 1], levels[1:], noise_sampler, generator)
-        seen[0] = history[0]  # the run below starts at fine[m] (m < substeps), after index 0
-    state = module.sample(
-        model, x, fine, noise_sampler=noise_sampler, generator=generator, callback=keep, history=history
-    )
-    return [seen[j] for j in range(m)], state
-
-
-def warmup_sample(module: ModuleType, model, x, sigmas, *, noise_sampler=None, generator=None):
-    """Sample with an order-preserving start: the first ``K - 1`` steps are taken by the module itself on
-    sub-steps (recursively: :func:`warmup_levels`, total refinement :func:`substep_count`); its predictions at
-    ``sigmas[0..K-2]`` (in the module's history quantity) then seed the ``history`` of the run on ``sigmas``
-    from ``sigmas[K-1]`` on."""
-    m = module.ORDER - 1
-    if m == 0 or len(sigmas) - 1 <= m:
-        return module.sample(model, x, sigmas, noise_sampler=noise_sampler, generator=generator)
-    levels = warmup_levels(module.ORDER, len(sigmas) - 1)
-    history, start = _warm_start(module, model, x, sigmas[: m + 1], levels, noise_sampler, generator)
-    return module.sample(
-        model, start, sigmas, noise_sampler=noise_sampler, generator=generator, history=history
-    )
-
-
-def run_sampler(module, model, x, sigmas, *, warmup: str = "none", noise_sampler=None):
-    if warmup == "substep":
-        return warmup_sample(module, model, x, sigmas, noise_sampler=noise_sampler)
-    return module.sample(model, x, sigmas, noise_sampler=noise_sampler)
-
-
-# --------------------------------------------------------------------------------------------------
-# one fine Brownian path driving every grid
-# --------------------------------------------------------------------------------------------------
-
-
-class BrownianPath:
-    """The exact noise terms of every sub-grid of a fine grid, from one set of fine noises.
-
-    On the fine grid ``s_0 > ... > s_N`` step ``k`` injects ``N_k = std_k z_k`` (``std_k`` the module's own,
-    ``z_k`` standard normal). The exact noise term of a coarse step made of fine steps ``k`` is each ``N_k``
-    carried to the end of the coarse step by the homogeneous part of the update, i.e. multiplied by the
-    product of the fine steps' ``ratio`` after it: ``sum_k phi(s_{i+1})/phi(s_{k+1}) N_k`` for the data form
-    (``ratio = phi(s_{k+1})/phi(s_k)``), the plain sum for the noise form (``ratio = 1``). The sampler of a
-    grid returns that combination divided by the coarse step's standard deviation (unit variance), so the
-    module injects exactly the combination.
-    """
-
-    def __init__(self, module: ModuleType, fine: torch.Tensor, shape: tuple[int, ...], seed: int):
-        self.module = module
-        self.fine = fine
-        self.n_fine = len(fine) - 1
-        ratios, stds, _, _ = module.coefficient_table(fine)
-        # prefix[k] = ratio_0 * ... * ratio_{k-1}: the homogeneous propagator from s_0 to s_k
-        self.prefix = torch.cat(
-            [torch.ones(1, dtype=torch.float64), torch.cumprod(torch.tensor(ratios, dtype=torch.float64), 0)]
-        )
-        generator = torch.Generator().manual_seed(int(seed))
-        z = torch.randn((self.n_fine, *shape), generator=generator, dtype=torch.float64)
-        self.noise = z * torch.tensor(stds, dtype=torch.float64).reshape(-1, *([1] * len(shape)))
-        self.shape = shape
-
-    def grid(self, n: int) -> torch.Tensor:
-        if self.n_fine % n:
-            raise ValueError(f"{n} steps is not a sub-grid of the {self.n_fine}-step fine grid")
-        return self.fine[:: self.n_fine // n].clone()
-
-    def noise_sampler(self, n: int):
-        """``(sigmas, noise_sampler)`` for the sub-grid with ``n`` steps."""
-        q = self.n_fine // n
-        sigmas = self.grid(n)
-        k = torch.arange(self.n_fine)
-        end = (k // q + 1) * q
-        weight = (self.prefix[end] / self.prefix[k + 1]).reshape(-1, *([1] * len(self.shape)))
-        combined = (weight * self.noise).reshape(n, q, *self.shape).sum(1)
-        _, stds, _, _ = self.module.coefficient_table(sigmas)
-        index = {float(v): i for i, v in enumerate(sigmas[:-1].tolist())}
-
-        def sampler(sigma, sigma_next):
-            i = index[float(sigma)]
-            return combined[i] / stds[i]
-
-        return sigmas, sampler
-
-
-# --------------------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Study:
-    """One convergence study: errors per step count, the fitted order and (if checked) the verdict."""
-
-    kind: str  # method | as-used | as-used+warmup | strong | weak | weak+warmup
-    problem: str
-    steps: list[int]
-    step_sizes: list[float]
-    errors: list[float]
-    fit: OrderFit | None
-    fit_error: str | None
-    claim: float | None
-    tolerance: float | None
-    reference: str
-    seconds: float = 0.0
-    floor: float = 0.0
-    note: str = ""
-
-    @property
-    def order(self) -> float | None:
-        return None if self.fit is None else self.fit.order
-
-    @property
-    def exact(self) -> bool:
-        """Every error is at round-off level: the sampler is exact on this problem (no order to fit)."""
-        return self.fit is None and all(e <= DEFAULT_FLOOR_FACTOR * self.floor for e in self.errors)
-
-    @property
-    def checked(self) -> bool:
-        return self.claim is not None
-
-    @property
-    def passed(self) -> bool | None:
-        """None if not checked; False if checked and short of the claim (or no order could be fitted).
-
-        A study that is exact to round-off passes (no claim can be violated), flagged by :attr:`exact`.
-        """
-        if not self.checked:
-            return None
-        if self.exact:
-            return True
-        return self.fit is not None and self.fit.order >= self.claim - self.tolerance
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind} ({self.problem})"
-
-    def as_dict(self) -> dict:
-        fit = None
-        if self.fit is not None:
-            fit = {
-                "order": self.fit.order,
-                "local_orders": list(self.fit.local_orders),
-                "used_steps": [self.steps[i] for i in self.fit.used],  # steps ascend = step sizes descend
-                "floor": self.fit.floor,
-                "intercept": self.fit.intercept,
-                "residual": self.fit.residual,
-            }
-        return {
-            "kind": self.kind,
-            "problem": self.problem,
-            "reference": self.reference,
-            "steps": self.steps,
-            "step_sizes": self.step_sizes,
-            "errors": self.errors,
-            "errors_by_steps": {str(n): e for n, e in zip(self.steps, self.errors)},
-            "fit": fit,
-            "fit_error": self.fit_error,
-            "exact": self.exact,
-            "floor": self.floor,
-            "note": self.note,
-            "claim": self.claim,
-            "tolerance": self.tolerance,
-            "checked": self.checked,
-            "passed": self.passed,
-            "seconds": self.seconds,
-        }
-
-
-@dataclasses.dataclass
-class ModuleReport:
-    name: str
-    spec: dict
-    spec_hash: str
-    order: int
-    dynamics: str
-    source: str
-    studies: list[Study]
-    seconds: float = 0.0
-
-    @property
-    def passed(self) -> bool:
-        return all(s.passed is not False for s in self.studies)
-
-    def find(self, kind: str, problem: str | None = None) -> list[Study]:
-        return [s for s in self.studies if s.kind == kind and (problem is None or s.problem == problem)]
-
-    def failures(self) -> list[Study]:
-        return [s for s in self.studies if s.passed is False]
-
-    def as_dict(self) -> dict:
-        return {
-            "module": self.name,
-            "spec": self.spec,
-            "spec_hash": self.spec_hash,
-            "claimed_order": self.order,
-            "dynamics": self.dynamics,
-            "source": self.source,
-            "passed": self.passed,
-            "seconds": self.seconds,
-            "studies": [s.as_dict() for s in self.studies],
-        }
-
-
-def make_study(
-    kind: str,
-    problem: Problem,
-    settings: Settings,
-    errors: list[float],
-    *,
-    scale: float,
-    floor_relative: float,
-    claim: float | None,
-    tolerance: float | None,
-    reference: str,
-    seconds: float = 0.0,
-    note: str = "",
-) -> Study:
-    """Fit the order of ``errors`` over ``settings.steps`` and wrap everything in a :class:`Study`."""
-    h = [step_size(problem, n) for n in settings.steps]
-    floor = floor_relative * scale
-    try:
-        fit, fit_error = fit_order(h, errors, scale=scale, floor=floor), None
-    except ValueError as error:
-        fit, fit_error = None, str(error)
-    return Study(
-        kind=kind,
-        problem=problem.name,
-        steps=list(settings.steps),
-        step_sizes=h,
-        errors=[float(e) for e in errors],
-        fit=fit,
-        fit_error=fit_error,
-        claim=claim,
-        tolerance=tolerance if claim is not None else None,
-        reference=reference,
-        seconds=seconds,
-        floor=floor,
-        note=note,
-    )
 
 
 # --------------------------------------------------------------------------------------------------
