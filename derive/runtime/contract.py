@@ -170,3 +170,46 @@ def _check_sigmas(s):
         raise ValueError("sigmas must be non-increasing")
     if bool((s[:-1] == 0).any()):
         raise ValueError("only the last sigma may be zero")
+
+
+def _noise_options(eta, s_noise):
+    """k-diffusion's ``eta`` and ``s_noise`` checked against the module: returns s_noise as a float.
+
+    ``eta`` (phi(s) = s**(1 + eta)) is fixed when the module is generated, so only None or the module's own value
+    is accepted; ``s_noise`` must be a finite number >= 0, and exactly 1 for a module that injects no noise."""
+    phi = SPEC.get("phi")
+    if eta is not None and eta != {"s": 0.0, "s**2": 1.0}.get(phi):
+        raise ValueError(
+            f"eta={eta!r} is not this module's: phi(s) = {phi} fixes its noise "
+            "(k-diffusion's eta = 0 is phi = s, 1 is s**2)"
+        )
+    s_noise = _real(s_noise, "s_noise")
+    if s_noise < 0:
+        raise ValueError(f"s_noise must be >= 0, got {s_noise!r}")
+    if s_noise != 1.0 and phi == "s":
+        raise ValueError(
+            f"s_noise={s_noise!r} would change nothing: this module (phi(s) = s) injects no noise"
+        )
+    return s_noise
+
+
+def _progress_bar(disable, total):
+    """A tqdm bar of ``total`` steps when ``disable is False`` and tqdm is installed, else None."""
+    if disable is not False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total)
+
+
+def _noise_function(noise_sampler, generator, x, levels, values):
+    """noise(i): the noise of step i, from ``noise_sampler(levels[i], levels[i + 1])`` (checked) or the default."""
+
+    def noise(i):
+        if noise_sampler is not None:
+            return _check_output(noise_sampler(levels[i], levels[i + 1]), x, i, values[i], "noise_sampler")
+        return _default_noise(x, generator)
+
+    return noise

@@ -9,11 +9,12 @@ from derive.runtime.contract import (
     _check_arguments,
     _check_output,
     _compute_dtype,
-    _default_noise,
     _float64,
-    _real,
+    _noise_function,
+    _noise_options,
+    _progress_bar,
 )
-from derive.runtime.module import FORM, ORDER, SPEC
+from derive.runtime.module import FORM, ORDER
 from derive.runtime.predictor import _corrections
 from derive.runtime.table import coefficient_table
 
@@ -117,19 +118,7 @@ def sample(
     sigma_next / sigma < MIN_STEP_RATIO, longer than the range the coefficients are verified over, is
     refused (a final step to sigma = 0 excepted), as is a step whose coefficients overflow float64.
     """
-    phi = SPEC.get("phi")
-    if eta is not None and eta != {"s": 0.0, "s**2": 1.0}.get(phi):
-        raise ValueError(
-            f"eta={eta!r} is not this module's: phi(s) = {phi} fixes its noise "
-            "(k-diffusion's eta = 0 is phi = s, 1 is s**2)"
-        )
-    s_noise = _real(s_noise, "s_noise")
-    if s_noise < 0:
-        raise ValueError(f"s_noise must be >= 0, got {s_noise!r}")
-    if s_noise != 1.0 and phi == "s":
-        raise ValueError(
-            f"s_noise={s_noise!r} would change nothing: this module (phi(s) = s) injects no noise"
-        )
+    s_noise = _noise_options(eta, s_noise)
     ratios, stds, weights, finals = coefficient_table(sigmas)
     _check_arguments(
         model, x, extra_args, callback, noise_sampler, generator, history, check_finite, len(ratios)
@@ -141,14 +130,7 @@ def sample(
     # the model sees the caller's sigmas (a tensor keeps its dtype and device); sequences are read as float64
     model_sigmas = sigmas if isinstance(sigmas, torch.Tensor) else values
     start = 0 if history is None else len(history)
-    bar = None
-    if disable is False:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ratios) - start)
-        except ImportError:
-            pass
+    bar = _progress_bar(disable, len(ratios) - start)
 
     def predict(y, i):
         if bar is not None:
@@ -159,11 +141,7 @@ def sample(
             return denoised, denoised
         return denoised, (y - denoised) / values[i]
 
-    def noise(i):
-        if noise_sampler is not None:
-            return _check_output(noise_sampler(sigmas[i], sigmas[i + 1]), x, i, values[i], "noise_sampler")
-        return _default_noise(x, generator)
-
+    noise = _noise_function(noise_sampler, generator, x, sigmas, values)
     report = None
     if callback is not None:
 

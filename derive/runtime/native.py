@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from derive.runtime.contract import _check_arguments, _check_output, _default_noise, _float64, _real
+from derive.runtime.contract import _check_arguments, _check_output, _float64, _noise_function, _real
 from derive.runtime.loop import _run
 from derive.runtime.module import (
     MEAN_REVERTING,
@@ -179,11 +179,7 @@ def _sample_native(
         )
         return to_prediction(state, output, a[i], g[i], mu if MEAN_REVERTING else 0.0)
 
-    def noise(i):
-        if noise_sampler is not None:
-            return _check_output(noise_sampler(sigma[i], sigma[i + 1]), x, i, g[i], "noise_sampler")
-        return _default_noise(x, generator)
-
+    noise = _noise_function(noise_sampler, generator, x, sigma, g)
     report = None
     if callback is not None:
 

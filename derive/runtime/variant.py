@@ -12,16 +12,16 @@ from derive.runtime.contract import (
     _check_steps,
     _check_table,
     _compute_dtype,
-    _default_noise,
     _float64,
-    _real,
+    _noise_function,
+    _noise_options,
+    _progress_bar,
 )
 from derive.runtime.module import (
     _CORRECTORS,
     _STAGES,
     FORM,
     ORDER,
-    SPEC,
     _node_offset,
     _ratio,
     noise_variance,
@@ -119,19 +119,7 @@ def sample(
     from y_i with the corrector of the same history (mt is stored as is; the last predicted state is not
     corrected).
     """
-    phi = SPEC.get("phi")
-    if eta is not None and eta != {"s": 0.0, "s**2": 1.0}.get(phi):
-        raise ValueError(
-            f"eta={eta!r} is not this module's: phi(s) = {phi} fixes its noise "
-            "(k-diffusion's eta = 0 is phi = s, 1 is s**2)"
-        )
-    s_noise = _real(s_noise, "s_noise")
-    if s_noise < 0:
-        raise ValueError(f"s_noise must be >= 0, got {s_noise!r}")
-    if s_noise != 1.0 and phi == "s":
-        raise ValueError(
-            f"s_noise={s_noise!r} would change nothing: this module (phi(s) = s) injects no noise"
-        )
+    s_noise = _noise_options(eta, s_noise)
     ratios, stds, weights, finals, corrections = _tables(sigmas)
     _check_arguments(
         model, x, extra_args, callback, noise_sampler, generator, history, check_finite, len(ratios)
@@ -142,19 +130,12 @@ def sample(
     values = _float64(sigmas).tolist()
     model_sigmas = sigmas if isinstance(sigmas, torch.Tensor) else values
     dtype = x.dtype
-    caller = x
+    noise = _noise_function(noise_sampler, generator, x, sigmas, values)
     x = x.to(_compute_dtype(dtype))
     stored = [] if history is None else list(reversed(history))[:ORDER]
     last = None  # with a corrector: the state the last predictor started from
     start = 0 if history is None else len(history)
-    bar = None
-    if disable is False:
-        try:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ratios) - start)
-        except ImportError:
-            pass
+    bar = _progress_bar(disable, len(ratios) - start)
     for i in range(start, len(ratios)):
         if bar is not None:
             bar.update()
@@ -183,13 +164,7 @@ def sample(
         for j, weight in enumerate(weights[i]):
             update = update + stored[j] * weight
         if stds[i] > 0:
-            if noise_sampler is not None:
-                noise = _check_output(
-                    noise_sampler(sigmas[i], sigmas[i + 1]), x, i, values[i], "noise_sampler"
-                )
-            else:
-                noise = _default_noise(caller, generator)
-            update = update + noise * stds[i]
+            update = update + noise(i) * stds[i]
         x = update
     if bar is not None:
         bar.close()
