@@ -15,8 +15,9 @@ import torch
 
 from derive.verify import blackbox, edges, published
 from derive.verify.compare import compare
+from derive.verify.diffusers_target import DiffusersTarget
 from derive.verify.problems import GaussianData, karras_sigmas
-from derive.verify.targets import DiffusersTarget, FunctionTarget, parse_target
+from derive.verify.targets import FunctionTarget, parse_target
 
 from .conftest import GENERATED
 

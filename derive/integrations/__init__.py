@@ -23,6 +23,7 @@ import types
 import torch
 
 from derive.loader import catalogue_dir, load
+from derive.methods import METHODS
 
 __all__ = [
     "GENERATED_DIR",
@@ -167,7 +168,8 @@ def step_table(module, alpha, sigma):
 
 def has_corrector(module) -> bool:
     """Whether ``module`` corrects each step with the next model output (a pc module or a UniPC variant)."""
-    return getattr(module, "METHOD", None) == "pc" or bool(getattr(module, "_CORRECTORS", None))
+    method = METHODS.get(getattr(module, "METHOD", None))
+    return (method is not None and method.corrector) or bool(getattr(module, "_CORRECTORS", None))
 
 
 def correction_table(module, alpha, sigma):

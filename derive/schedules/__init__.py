@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from derive.methods import METHODS
 from derive.schedules.error_model import module_error_spec
 from derive.schedules.optimize import ErrorModel, optimise
 from derive.schedules.profile import Profile, derivative_tables, gaussian_proxy, measured
@@ -92,7 +93,7 @@ def _schedule(
 
 
 def _max_order(module) -> int:
-    return int(module.ORDER) + (1 if getattr(module, "METHOD", "taylor") == "pc" else 0)
+    return METHODS[getattr(module, "METHOD", "taylor")].order(int(module.ORDER))
 
 
 @functools.lru_cache(maxsize=256)

@@ -24,6 +24,7 @@ import math
 import numpy as np
 import torch
 
+from derive.methods import METHODS
 from derive.schedules.error_model import kernel
 from derive.schedules.profile import Profile
 
@@ -37,7 +38,7 @@ class ErrorModel:
     def __init__(self, phi: str, form: str, variable: str, method: str, order: int, profile: Profile):
         self.phi, self.form, self.variable, self.method, self.order = phi, form, variable, method, order
         self.profile = profile
-        self.corrector = method == "pc"
+        self.corrector = METHODS[method].corrector
         if profile.max_order < order + (1 if self.corrector else 0):
             raise ValueError("profile does not reach the method's order")
 

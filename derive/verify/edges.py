@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from derive.verify import blackbox
+from derive.verify.diffusers_target import DiffusersTarget
 from derive.verify.problems import GaussianData, karras_sigmas
-from derive.verify.targets import DiffusersTarget, Target
+from derive.verify.targets import Target
 
 __all__ = ["DTYPES", "dtype_sweep", "final_sweep", "own_levels", "step_sweep", "sweep"]
 
