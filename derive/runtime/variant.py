@@ -70,12 +70,12 @@ def _tables(sigmas):
         k = min(ORDER, i + 1)
         offsets = [float(_node_offset(s[i], s[i - j])) for j in range(1, k)]
         coefficients = [float(value[i]) for value in taylor]
-        w = _STAGES[k](*coefficients, float(_node_offset(s[i], s[i + 1])), *offsets)
+        step = float(_node_offset(s[i], s[i + 1]))
+        w = _STAGES[k](*coefficients, step, *offsets)
         ratios.append(float(ratio[i]))
         stds.append(math.sqrt(float(noise_var[i])))
         weights.append(tuple(float(value) for value in w) if k > 1 else (float(w),))
         finals.append(False)
-        step = float(_node_offset(s[i], s[i + 1]))
         corrections.append(
             tuple(float(v) for v in _CORRECTORS[k](*coefficients, step, *offsets)) if _CORRECTORS else None
         )
