@@ -46,7 +46,6 @@ alpha = 0 exactly, as DDIM (the multistep schedulers put 2**-24 there).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,107 +55,21 @@ from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, Sch
 from diffusers.utils.torch_utils import randn_tensor
 
 from derive.integrations import correction_table, has_corrector, load_module, module_id, step_table
+from derive.integrations.diffusers_config import (
+    DEFAULT_MODULES,
+    FLOAT32_NOISE_VARIANTS,
+    NOISE_DTYPES,
+    PREDICTIONS,
+    TIMESTEP_GRIDS,
+    _cosine_betas,
+    _sigma_to_t,
+    _zero_terminal_snr,
+    foreign_kwargs,
+    solver_module,
+)
+from derive.integrations.diffusers_schedule import ScheduleMixin
 
 __all__ = ["DeriveScheduler", "DeriveSchedulerOutput", "solver_module"]
-
-VP_PREDICTIONS = ("epsilon", "sample", "v_prediction")
-PREDICTIONS = VP_PREDICTIONS + ("flow_prediction",)
-DEFAULT_MODULES = {"vp": "ersde_order2_phi_ode", "flow": "flow_order2_ode"}
-TIMESTEP_GRIDS = ("ddim", "multistep")
-NOISE_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
-
-#: diffusers schedulers whose timestep_spacing builds n + 1 points and drops the last (DPM-Solver's grid)
-MULTISTEP_SCHEDULERS = frozenset(
-    {
-        "DPMSolverMultistepScheduler",
-        "DPMSolverSinglestepScheduler",
-        "UniPCMultistepScheduler",
-        "DEISMultistepScheduler",
-    }
-)
-#: modules that reproduce a diffusers scheduler drawing its noise in float32 whatever the model's dtype
-FLOAT32_NOISE_VARIANTS = frozenset({"sde_dpmpp_2m", "sde_dpmpp_2m_heun"})
-
-#: keys of diffusers' compatible schedulers that choose their solver: with no ``module`` given they select the
-#: generated module reproducing it (DPMSolverMultistep, UniPCMultistep, DEISMultistep); an explicit module
-#: replaces them
-SOLVER_KEYS = frozenset(
-    {"solver_order", "algorithm_type", "solver_type", "predict_x0", "skip_prk_steps", "noise_sampler_seed"}
-)
-#: keys of diffusers' compatible schedulers that derive does not implement, with the values that change nothing
-NEUTRAL_VALUES = {
-    "flow_shift": None,  # any value: used only with use_flow_sigmas
-    "interpolation_type": ("linear",),
-    "invert_sigmas": (False,),
-    "lambda_min_clipped": (-math.inf,),
-    "sigma_min": (None,),
-    "sigma_max": (None,),
-    "stochastic_sampling": (False,),
-    "timestep_type": ("discrete",),
-    "use_flow_sigmas": (False,),
-    "use_lu_lambdas": (False,),
-    "variance_type": (None, "fixed_small"),
-    "disable_corrector": ((), []),
-    "solver_p": (None,),
-}
-
-
-def solver_module(scheduler: str, config) -> str | None:
-    """The generated module that reproduces a diffusers multistep solver's configuration.
-
-    ``scheduler`` is the class name (DPMSolverMultistepScheduler, UniPCMultistepScheduler,
-    DEISMultistepScheduler), ``config`` its config (missing keys take that class's defaults). Returns None for
-    another class; raises ValueError naming the key when no generated module reproduces the combination.
-    """
-    order = int(config.get("solver_order", 2))
-    if scheduler == "DPMSolverMultistepScheduler":
-        algorithm = config.get("algorithm_type", "dpmsolver++")
-        kind = config.get("solver_type", "midpoint")
-        if order == 1:
-            names = {
-                "dpmsolver++": "variant_ddim",
-                "dpmsolver": "variant_ddim",
-                "sde-dpmsolver++": "variant_ddpm",
-            }
-        else:
-            prefix = {
-                "dpmsolver++": "variant_dpmpp",
-                "dpmsolver": "variant_dpm",
-                "sde-dpmsolver++": "variant_sde_dpmpp",
-            }
-            names = {a: f"{p}_{order}m" for a, p in prefix.items()}
-            if order == 2 and kind == "heun":
-                names = {a: f"{n}_heun" for a, n in names.items()}
-            if order != 2:
-                names.pop("sde-dpmsolver++")
-        if algorithm not in names or order not in (1, 2, 3) or kind not in ("midpoint", "heun"):
-            raise ValueError(
-                f"no generated module reproduces DPMSolverMultistepScheduler(algorithm_type={algorithm!r}, "
-                f"solver_order={order}, solver_type={kind!r}); pass module=..."
-            )
-        return names[algorithm]
-    if scheduler == "UniPCMultistepScheduler":
-        kind = config.get("solver_type", "bh2")
-        if order not in (1, 2, 3) or kind not in ("bh1", "bh2"):
-            raise ValueError(
-                f"no generated module reproduces UniPCMultistepScheduler(solver_order={order}, "
-                f"solver_type={kind!r}); pass module=..."
-            )
-        return f"variant_unipc_{kind}_{order}" + ("" if config.get("predict_x0", True) else "_noise")
-    if scheduler == "DEISMultistepScheduler":
-        algorithm, kind = config.get("algorithm_type", "deis"), config.get("solver_type", "logrho")
-        if order not in (1, 2, 3) or algorithm != "deis" or kind != "logrho":
-            raise ValueError(
-                f"no generated module reproduces DEISMultistepScheduler(algorithm_type={algorithm!r}, "
-                f"solver_order={order}, solver_type={kind!r}); pass module=..."
-            )
-        return f"variant_deis_{order}"
-    return None
 
 
 @dataclass
@@ -166,31 +79,7 @@ class DeriveSchedulerOutput(SchedulerOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
-def _cosine_betas(n: int, max_beta: float = 0.999) -> torch.Tensor:
-    """The squaredcos_cap_v2 (GLIDE cosine) betas, in float64."""
-
-    def alpha_bar(t):
-        return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-
-    return torch.tensor(
-        [min(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), max_beta) for i in range(n)], dtype=torch.float64
-    )
-
-
-def _zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Betas whose last alphas_cumprod is 0 (Lin et al. 2024, Common Diffusion Noise Schedules are Flawed, Alg. 1).
-
-    sqrt(alphas_cumprod) is shifted so that its last value is 0 and scaled so that its first is unchanged.
-    """
-    root = torch.cumprod(1.0 - betas, dim=0).sqrt()
-    first, last = root[0].clone(), root[-1].clone()
-    root = (root - last) * first / (first - last)
-    cumprod = root**2
-    alphas = torch.cat([cumprod[:1], cumprod[1:] / cumprod[:-1]])
-    return 1.0 - alphas
-
-
-class DeriveScheduler(SchedulerMixin, ConfigMixin):
+class DeriveScheduler(ScheduleMixin, SchedulerMixin, ConfigMixin):
     """A diffusers scheduler that runs a derive-generated sampler module, one model call per step.
 
     Args:
@@ -392,39 +281,7 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         source = cls._source_class(config)
         if source != cls.__name__:
             config.pop("_use_default_values", None)  # its defaults are the values it ran with
-            own = set(cls._get_init_keys(cls))
-            if source == "UniPCMultistepScheduler" and config.get("lower_order_final"):
-                kwargs.setdefault("lower_order_final", "always")  # UniPC lowers the last orders at any n
-            if source == "DEISMultistepScheduler":
-                kwargs.setdefault("final_sigmas_type", "sigma_min")  # DEIS always ends there
-            for key, value in list(config.items()):
-                if key.startswith("_") or key in own or key in SOLVER_KEYS:
-                    continue
-                if key == "set_alpha_to_one":
-                    kwargs.setdefault("final_sigmas_type", "zero" if value else "sigma_min")
-                elif key in NEUTRAL_VALUES:
-                    allowed = NEUTRAL_VALUES[key]
-                    if allowed is not None and not any(value == v for v in allowed):
-                        raise ValueError(
-                            f"{source or 'the config'}: {key}={value!r} is not reproduced by DeriveScheduler "
-                            f"(only {', '.join(repr(v) for v in allowed)})"
-                        )
-                elif key in ("sigma_data", "sigma_schedule", "rho"):
-                    raise ValueError(
-                        f"{source or 'the config'}: {key}={value!r} is EDM's preconditioned parametrization, "
-                        "which DeriveScheduler does not reproduce; use the edm_* modules' own sample()"
-                    )
-            if "module" not in kwargs:
-                chosen = solver_module(source, config)
-                if chosen is not None:
-                    kwargs["module"] = chosen
-            if "prediction_type" not in kwargs:
-                flow_keys = "prediction_type" not in config and (
-                    "shift" in config or "use_dynamic_shifting" in config
-                )
-                if flow_keys or source.startswith("FlowMatch"):
-                    kwargs["prediction_type"] = "flow_prediction"
-            kwargs.setdefault("timestep_grid", "multistep" if source in MULTISTEP_SCHEDULERS else "ddim")
+            foreign_kwargs(source, config, kwargs, set(cls._get_init_keys(cls)))
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     @classmethod
@@ -487,116 +344,6 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         return sample
 
     # ---- the schedule ----------------------------------------------------------------------------------------
-
-    def _vp_sigma_table(self) -> np.ndarray:
-        abar = self.alphas_cumprod.numpy()
-        with np.errstate(divide="ignore"):
-            return np.sqrt((1 - abar) / abar)
-
-    def _spaced_sigmas(self, sigma_min: float, sigma_max: float, n: int) -> np.ndarray:
-        config = self.config
-        if config.use_karras_sigmas:
-            rho = 7.0
-            ramp = np.linspace(0, 1, n)
-            return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-        if config.use_exponential_sigmas:
-            return np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), n))
-        import scipy.stats  # use_beta_sigmas (Beta Sampling is All You Need; alpha = beta = 0.6, as diffusers)
-
-        ppf = scipy.stats.beta.ppf(1 - np.linspace(0, 1, n), 0.6, 0.6)
-        return sigma_min + ppf * (sigma_max - sigma_min)
-
-    def _grid(self, n: int) -> np.ndarray:
-        """The integer timesteps of ``timestep_spacing`` on DDIM's or the multistep schedulers' grid."""
-        config = self.config
-        n_train = config.num_train_timesteps
-        if config.timestep_spacing == "trailing":  # the same on both grids
-            return np.round(np.arange(n_train, 0, -n_train / n)).astype(np.int64) - 1
-        points = n + 1 if config.timestep_grid == "multistep" else n
-        if config.timestep_spacing == "linspace":
-            t = np.linspace(0, n_train - 1, points).round()[::-1]
-        else:
-            t = (np.arange(0, points) * (n_train // points)).round()[::-1] + config.steps_offset
-        return (t[:-1] if config.timestep_grid == "multistep" else t).copy().astype(np.int64)
-
-    def _vp_schedule(self, num_inference_steps, timesteps, sigmas):
-        """(model timesteps, alpha, sigma) for the variance-preserving schedule, alpha/sigma with the final point."""
-        config = self.config
-        n_train = config.num_train_timesteps
-        table = self._vp_sigma_table()
-        log_table = np.log(table)
-        spaced = config.use_karras_sigmas or config.use_exponential_sigmas or config.use_beta_sigmas
-        final_s = 0.0 if config.final_sigmas_type == "zero" else float(table[0])
-        if spaced and not math.isfinite(float(table[-1])):
-            raise ValueError(
-                "rescale_betas_zero_snr puts an infinite noise level at the last timestep: use the timestep "
-                "spacings, not use_karras_sigmas / use_exponential_sigmas / use_beta_sigmas"
-            )
-        if sigmas is not None:
-            s = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-            if s[-1] == 0:
-                final_s, s = 0.0, s[:-1]
-            t = np.array([_sigma_to_t(v, log_table) for v in s]).round().astype(np.int64)
-        elif timesteps is not None:
-            t = np.asarray(timesteps, dtype=np.int64).reshape(-1)
-            if (np.diff(t) >= 0).any() or t[0] >= n_train or t[-1] < 0:
-                raise ValueError(f"timesteps must be decreasing integers in [0, {n_train})")
-            s = table[t]
-        elif spaced:
-            s = self._spaced_sigmas(float(table[0]), float(table[-1]), num_inference_steps)
-            t = np.array([_sigma_to_t(v, log_table) for v in s]).round().astype(np.int64)
-        else:
-            t = self._grid(num_inference_steps)
-            s = table[t]
-        abar = self.alphas_cumprod.numpy()
-        if sigmas is None and not spaced:  # exactly the table's alpha and sigma (no round trip through s)
-            alpha, sigma = np.sqrt(abar[t]), np.sqrt(1 - abar[t])
-        else:
-            alpha, sigma = 1 / np.sqrt(1 + s**2), s / np.sqrt(1 + s**2)
-        if final_s == 0.0:
-            alpha, sigma = np.append(alpha, 1.0), np.append(sigma, 0.0)
-        elif sigmas is None and not spaced:
-            alpha, sigma = np.append(alpha, math.sqrt(abar[0])), np.append(sigma, math.sqrt(1 - abar[0]))
-        else:
-            alpha = np.append(alpha, 1 / math.sqrt(1 + final_s**2))
-            sigma = np.append(sigma, final_s / math.sqrt(1 + final_s**2))
-        return torch.from_numpy(t.astype(np.int64)), alpha, sigma
-
-    def _flow_shift(self, t: np.ndarray, mu) -> np.ndarray:
-        config = self.config
-        if config.use_dynamic_shifting:
-            if mu is None:
-                raise ValueError("mu must be passed to set_timesteps when use_dynamic_shifting is True")
-            scale = math.exp(mu) if config.time_shift_type == "exponential" else mu
-            with np.errstate(divide="ignore"):
-                t = scale / (scale + (1 / t - 1))
-        else:
-            t = config.shift * t / (1 + (config.shift - 1) * t)
-        if config.shift_terminal:
-            one_minus = 1 - t
-            t = 1 - one_minus / (one_minus[-1] / (1 - config.shift_terminal))
-        return t
-
-    def _flow_schedule(self, num_inference_steps, timesteps, sigmas, mu):
-        """(model timesteps, alpha, sigma) for the flow schedule (FlowMatchEulerDiscreteScheduler's), with t = 0 appended."""
-        config = self.config
-        n_train = config.num_train_timesteps
-        given = None if timesteps is None else np.asarray(timesteps, dtype=np.float64).reshape(-1)
-        if sigmas is not None:
-            t = np.asarray(sigmas, dtype=np.float64).reshape(-1)
-        elif given is not None:
-            t = given / n_train
-        else:
-            t = np.linspace(
-                self._flow_sigma_max * n_train, self._flow_sigma_min * n_train, num_inference_steps
-            )
-            t = t / n_train
-        t = self._flow_shift(t, mu)
-        if config.use_karras_sigmas or config.use_exponential_sigmas or config.use_beta_sigmas:
-            t = self._spaced_sigmas(float(t[-1]), float(t[0]), len(t))
-        model_t = given if given is not None else t * n_train
-        t = np.append(t, 0.0)
-        return torch.from_numpy(model_t.astype(np.float32)), 1.0 - t, t
 
     def set_timesteps(self, num_inference_steps=None, device=None, timesteps=None, sigmas=None, mu=None):
         """Build the schedule and, once, its float64 coefficient table.
@@ -857,55 +604,3 @@ class DeriveScheduler(SchedulerMixin, ConfigMixin):
         return DeriveSchedulerOutput(prev_sample=prev, pred_original_sample=x0.to(sample.dtype))
 
     # ---- forward process -------------------------------------------------------------------------------------
-
-    def _alpha_sigma(self, timesteps: torch.Tensor):
-        """float64 (alpha, sigma) per timestep: the schedule's point once set_timesteps ran, else the training table."""
-        timesteps = torch.as_tensor(timesteps).reshape(-1).cpu()
-        if self.num_inference_steps is not None and all(
-            bool((self.timesteps.cpu() == t).any()) for t in timesteps
-        ):
-            if self.begin_index is None:
-                index = [self.index_for_timestep(t, self.timesteps.cpu()) for t in timesteps]
-            else:
-                index = [self.step_index if self.step_index is not None else self.begin_index] * len(
-                    timesteps
-                )
-            alpha = torch.tensor([self.alpha_t[k] for k in index], dtype=torch.float64)
-            sigma = torch.tensor([self.sigma_t[k] for k in index], dtype=torch.float64)
-        elif self.flow:
-            sigma = timesteps.to(torch.float64) / self.config.num_train_timesteps
-            alpha = 1.0 - sigma
-        else:
-            abar = self.alphas_cumprod[timesteps.long()]
-            alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
-        return alpha, sigma
-
-    def add_noise(self, original_samples, noise, timesteps):
-        """The forward process alpha_t x0 + sigma_t noise at ``timesteps`` (training or img2img)."""
-        alpha, sigma = self._alpha_sigma(timesteps)
-        shape = (-1,) + (1,) * (original_samples.ndim - 1)
-        alpha = alpha.to(original_samples.device, original_samples.dtype).reshape(shape)
-        sigma = sigma.to(original_samples.device, original_samples.dtype).reshape(shape)
-        return alpha * original_samples + sigma * noise
-
-    def get_velocity(self, sample, noise, timesteps):
-        """The v-prediction target alpha_t noise - sigma_t sample (training), as DDPMScheduler's."""
-        alpha, sigma = self._alpha_sigma(timesteps)
-        shape = (-1,) + (1,) * (sample.ndim - 1)
-        alpha = alpha.to(sample.device, sample.dtype).reshape(shape)
-        sigma = sigma.to(sample.device, sample.dtype).reshape(shape)
-        return alpha * noise - sigma * sample
-
-    def scale_noise(self, sample, timestep, noise=None):
-        """FlowMatchEulerDiscreteScheduler's name for the forward process (SD3 / Flux img2img)."""
-        return self.add_noise(sample, noise, timestep)
-
-
-def _sigma_to_t(sigma: float, log_sigmas: np.ndarray) -> float:
-    """Fractional timestep of a normalized noise level: interpolation in log sigma (as diffusers)."""
-    log_sigma = math.log(max(sigma, 1e-10))
-    above = int(np.searchsorted(log_sigmas, log_sigma, side="right")) - 1
-    low = min(max(above, 0), len(log_sigmas) - 2)
-    w = (log_sigmas[low] - log_sigma) / (log_sigmas[low] - log_sigmas[low + 1])
-    w = min(max(w, 0.0), 1.0)
-    return (1 - w) * low + w * (low + 1)

@@ -21,10 +21,10 @@ with mpmath at 30 significant digits on 400 log-spaced points of the interval, a
 :math:`r = s\varphi'/\varphi - 1 = h^2/g^2` are refined by golden-section search. "``r >= 0``" allows a
 relative tolerance of 1e-12, so that :math:`\varphi = s` (where :math:`r` is exactly 0) passes.
 
-The numeric evaluator is a small compiler from the SymPy tree to closures over mpmath functions (no
-``lambdify``, no ``eval``); it refuses operations whose results could not be represented in reasonable time
-(``exp`` of an argument beyond 7e5, powers beyond :math:`e^{7\cdot10^5}`), which are then reported as an
-overflow of phi.
+The numeric evaluator (:mod:`derive.symbolic.evaluator`) is a small compiler from the SymPy tree to closures
+over mpmath functions (no ``lambdify``, no ``eval``); it refuses operations whose results could not be
+represented in reasonable time (``exp`` of an argument beyond 7e5, powers beyond :math:`e^{7\cdot10^5}`),
+which are then reported as an overflow of phi.
 
 Every violation raises :class:`~derive.errors.AdmissibilityError` with a one-line message naming the violated
 condition and a witness value of ``s``.
@@ -33,12 +33,12 @@ condition and a witness value of ``s``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import mpmath
 import sympy
 
 from derive.errors import AdmissibilityError
+from derive.symbolic.evaluator import EvalError, Unsupported, _fmt, _is_real, compile_expression, evaluate
 
 __all__ = ["DEFAULT_S_HI", "DEFAULT_S_LO", "check_phi"]
 
@@ -51,10 +51,6 @@ DIGITS = 30
 GRID_POINTS = 400
 #: ``r = s phi'/phi - 1`` counts as non-negative when ``r >= -TOLERANCE``.
 TOLERANCE = 1e-12
-#: Largest |argument| of exp/sinh/cosh (and |exponent * log(base)| of a power) the evaluator accepts.
-MAX_EXP_ARGUMENT = 7e5
-#: Largest |argument| of sin/cos/tan the evaluator accepts (argument reduction gets expensive beyond it).
-MAX_TRIG_ARGUMENT = 1e15
 #: Local minima of r refined by golden-section search (the smallest ones), and iterations per refinement.
 REFINED_MINIMA = 8
 REFINE_ITERATIONS = 30
@@ -66,237 +62,8 @@ MAX_EXPANSION = 400
 _PREFIX = "phi is not admissible: "
 
 
-class _EvalError(Exception):
-    """A numeric evaluation failed at one point: ``kind`` is 'overflow' or 'undefined'."""
-
-    def __init__(self, kind: str, detail: str):
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-
-
-class _Unsupported(Exception):
-    """The expression contains something the evaluator cannot evaluate."""
-
-
 def _fail(message: str) -> AdmissibilityError:
     return AdmissibilityError(_PREFIX + message)
-
-
-def _fmt(value) -> str:
-    """A short, one-line rendering of an mpmath number."""
-    if isinstance(value, mpmath.mpc) and value.imag == 0:
-        value = value.real
-    return mpmath.nstr(value, 6)
-
-
-# -- numeric evaluation ---------------------------------------------------------------------------------
-
-
-def _is_real(value) -> bool:
-    return not isinstance(value, mpmath.mpc) or value.imag == 0
-
-
-def _real_part(value):
-    return value.real if isinstance(value, mpmath.mpc) else value
-
-
-def _guard_exp_argument(name: str, a) -> None:
-    if abs(_real_part(a)) > MAX_EXP_ARGUMENT:
-        raise _EvalError("overflow", f"{name} of {_fmt(_real_part(a))}")
-
-
-def _exp(a):
-    _guard_exp_argument("exp", a)
-    return mpmath.exp(a)
-
-
-def _sinh(a):
-    _guard_exp_argument("sinh", a)
-    return mpmath.sinh(a)
-
-
-def _cosh(a):
-    _guard_exp_argument("cosh", a)
-    return mpmath.cosh(a)
-
-
-def _trig(func: Callable, name: str) -> Callable:
-    def apply(a):
-        if abs(a) > MAX_TRIG_ARGUMENT:
-            raise _EvalError("overflow", f"{name} of {_fmt(a)}")
-        return func(a)
-
-    return apply
-
-
-def _log(a):
-    if a == 0:
-        raise _EvalError("undefined", "log(0)")
-    return mpmath.log(a)
-
-
-def _tan(a):
-    if abs(a) > MAX_TRIG_ARGUMENT:
-        raise _EvalError("overflow", f"tan of {_fmt(a)}")
-    if mpmath.cos(a) == 0:
-        raise _EvalError("undefined", "tan at a pole")
-    return mpmath.tan(a)
-
-
-def _pow(b, e):
-    if b == 0:
-        if _real_part(e) > 0:
-            return mpmath.mpf(0)
-        raise _EvalError("undefined", "division by zero")
-    # |e * log|b||, estimated from the binary exponent of b (cheap; only large values matter)
-    size = abs(_real_part(e)) * (abs(mpmath.mag(b)) + 1) * _LN2
-    if size > MAX_EXP_ARGUMENT:
-        raise _EvalError("overflow", f"power of magnitude exp({_fmt(size)})")
-    return mpmath.power(b, e)
-
-
-def _integer_pow(b, n: int):
-    if b == 0:
-        if n > 0:
-            return b
-        raise _EvalError("undefined", "division by zero")
-    size = abs(n) * (abs(mpmath.mag(b)) + 1) * _LN2
-    if size > MAX_EXP_ARGUMENT:
-        raise _EvalError("overflow", f"power of magnitude exp({_fmt(size)})")
-    return b**n
-
-
-_LN2 = math.log(2)
-
-
-def _heaviside(a):
-    a = _real_part(a)
-    return mpmath.mpf(1) if a > 0 else mpmath.mpf(0) if a < 0 else mpmath.mpf(0.5)
-
-
-_FUNCTIONS: dict[type, Callable] = {
-    sympy.exp: _exp,
-    sympy.log: _log,
-    sympy.sin: _trig(mpmath.sin, "sin"),
-    sympy.cos: _trig(mpmath.cos, "cos"),
-    sympy.tan: _tan,
-    sympy.sinh: _sinh,
-    sympy.cosh: _cosh,
-    sympy.tanh: mpmath.tanh,
-    sympy.asinh: mpmath.asinh,
-    sympy.atan: mpmath.atan,
-    sympy.erf: mpmath.erf,
-    sympy.Abs: abs,
-    sympy.sign: mpmath.sign,
-    sympy.re: mpmath.re,
-    sympy.im: mpmath.im,
-    sympy.Heaviside: _heaviside,
-}
-
-
-def _constant(value) -> Callable:
-    return lambda ctx: value
-
-
-def _compile(expr: sympy.Expr, s: sympy.Symbol) -> Callable:
-    """``expr`` as a function of one mpmath number; call it inside ``mpmath.workdps(DIGITS)``.
-
-    Common subexpressions are evaluated once per call (``sympy.cse``), which matters for derivatives.
-    """
-    try:
-        replacements, (reduced,) = sympy.cse(
-            [expr], symbols=sympy.numbered_symbols("cse", cls=sympy.Dummy), order="none"
-        )
-    except (
-        RecursionError,
-        ValueError,
-        TypeError,
-    ):  # pragma: no cover - cse is robust; evaluate the plain tree
-        replacements, reduced = [], expr
-    slots = {s: 0}
-    steps = []
-    for index, (symbol, sub) in enumerate(replacements, start=1):
-        steps.append(_compile_node(sub, slots))
-        slots[symbol] = index
-    out = _compile_node(reduced, slots)
-
-    def run(x):
-        ctx = [x]
-        for step in steps:
-            ctx.append(step(ctx))
-        return out(ctx)
-
-    return run
-
-
-def _compile_node(expr: sympy.Expr, slots: dict) -> Callable:
-    """One node of a (cse-reduced) tree as a function of ``ctx`` = [s, cse values...]."""
-    if expr in slots:
-        index = slots[expr]
-        return lambda ctx: ctx[index]
-    if expr.is_Integer:
-        return _constant(mpmath.mpf(int(expr)))
-    if expr.is_Rational:
-        return _constant(mpmath.mpf(int(expr.p)) / mpmath.mpf(int(expr.q)))
-    if expr.is_Float:
-        return _constant(mpmath.mpf(expr._to_mpmath(mpmath.mp.prec + 20)))
-    if expr is sympy.I:
-        return _constant(mpmath.mpc(0, 1))
-    if expr.is_NumberSymbol:
-        return _constant(mpmath.mpf(sympy.N(expr, DIGITS + 10)._to_mpmath(mpmath.mp.prec + 20)))
-    if isinstance(expr, sympy.Add):
-        terms = [_compile_node(arg, slots) for arg in expr.args]
-
-        def add(ctx):
-            total = terms[0](ctx)
-            for term in terms[1:]:
-                total = total + term(ctx)
-            return total
-
-        return add
-    if isinstance(expr, sympy.Mul):
-        factors = [_compile_node(arg, slots) for arg in expr.args]
-
-        def mul(ctx):
-            product = factors[0](ctx)
-            for factor in factors[1:]:
-                product = product * factor(ctx)
-            return product
-
-        return mul
-    if isinstance(expr, sympy.Pow):
-        base = _compile_node(expr.base, slots)
-        if expr.exp == sympy.Rational(1, 2):
-            return lambda ctx: mpmath.sqrt(base(ctx))
-        if expr.exp.is_Integer:
-            n = int(expr.exp)
-            return lambda ctx: _integer_pow(base(ctx), n)
-        exponent = _compile_node(expr.exp, slots)
-        return lambda ctx: _pow(base(ctx), exponent(ctx))
-    func = _FUNCTIONS.get(type(expr))
-    if func is not None and len(expr.args) == 1:
-        arg = _compile_node(expr.args[0], slots)
-        return lambda ctx: func(arg(ctx))
-    raise _Unsupported(str(expr) if len(str(expr)) <= 60 else type(expr).__name__)
-
-
-def _evaluate(func: Callable, x):
-    """``func(x)``; ZeroDivisionError and non-finite results become ``_EvalError('undefined')``."""
-    try:
-        value = func(x)
-    except ZeroDivisionError:
-        raise _EvalError("undefined", "division by zero") from None
-    except (ValueError, OverflowError) as exc:
-        raise _EvalError("overflow", str(exc).splitlines()[0][:60] or type(exc).__name__) from None
-    if isinstance(value, mpmath.mpc):
-        if not (mpmath.isfinite(value.real) and mpmath.isfinite(value.imag)):
-            raise _EvalError("undefined", f"value {_fmt(value)}")
-        if value.imag == 0:
-            value = value.real
-    elif not mpmath.isfinite(value):
-        raise _EvalError("undefined", f"value {_fmt(value)}")
-    return value
 
 
 def _grid(s_lo: float, s_hi: float, points: int) -> list:
@@ -404,14 +171,14 @@ def _check_singularities(phi, s, phi_at, grid, s_lo, s_hi) -> None:
 def _check_singularities_numerically(kind: str, critical, phi, s, phi_at, grid) -> None:
     """Find sign changes of ``critical`` on the grid, bisect to the zero, and test phi next to it."""
     try:
-        crit_at = _compile(critical, s)
-    except _Unsupported:
+        crit_at = compile_expression(critical, s)
+    except Unsupported:
         return
     previous = None
     for x in grid:
         try:
-            value = _evaluate(crit_at, x)
-        except _EvalError:
+            value = evaluate(crit_at, x)
+        except EvalError:
             previous = None
             continue
         if not _is_real(value):
@@ -429,8 +196,8 @@ def _bisect_and_test(kind, crit_at, phi, s, phi_at, a, b, negative_at_a: bool) -
     for _ in range(3 * DIGITS + 10):
         mid = mpmath.sqrt(lo * hi)
         try:
-            value = _evaluate(crit_at, mid)
-        except _EvalError:
+            value = evaluate(crit_at, mid)
+        except EvalError:
             return
         if not _is_real(value):
             return
@@ -461,11 +228,11 @@ def _identify(phi, s, root) -> str | None:
 def _report_singularity(kind, phi, s, phi_at, root, a, b) -> None:
     """Raise if phi blows up at ``root`` (a zero of a denominator / log argument bracketed by a, b)."""
     try:
-        near = [abs(_evaluate(phi_at, root * (1 + d))) for d in (mpmath.mpf("-1e-20"), mpmath.mpf("1e-20"))]
-        far = [abs(_evaluate(phi_at, x)) for x in (a, b)]
+        near = [abs(evaluate(phi_at, root * (1 + d))) for d in (mpmath.mpf("-1e-20"), mpmath.mpf("1e-20"))]
+        far = [abs(evaluate(phi_at, x)) for x in (a, b)]
         detail = "|phi| -> infinity"
         singular = kind == "log" or max(near) > 1e8 * max(max(far), mpmath.mpf("1e-30"))
-    except _EvalError as exc:
+    except EvalError as exc:
         detail, singular = exc.detail, True
     if singular:
         exact = _identify(phi, s, root)
@@ -522,9 +289,9 @@ def check_phi(
 
     with mpmath.workdps(DIGITS):
         try:
-            phi_at = _compile(phi, s)
-            numerator_at = _compile(numerator, s)
-        except _Unsupported as exc:
+            phi_at = compile_expression(phi, s)
+            numerator_at = compile_expression(numerator, s)
+        except Unsupported as exc:
             raise _fail(f"phi contains {exc}, which cannot be evaluated") from None
         grid = _grid(s_lo, s_hi, GRID_POINTS)
         _check_singularities(phi, s, phi_at, grid, s_lo, s_hi)
@@ -538,8 +305,8 @@ def _check_values(phi_at, grid) -> list:
     values = []
     for x in grid:
         try:
-            value = _evaluate(phi_at, x)
-        except _EvalError as exc:
+            value = evaluate(phi_at, x)
+        except EvalError as exc:
             if exc.kind == "overflow":
                 raise _fail(
                     f"phi must be positive and finite, but phi({_fmt(x)}) overflows ({exc.detail})"
@@ -557,9 +324,9 @@ def _noise_fraction(phi_at, numerator_at, x, phi_value=None):
     """r = (s phi' - phi)/phi at x, and N = s phi' - phi; raises AdmissibilityError when undefined."""
     try:
         if phi_value is None:
-            phi_value = _evaluate(phi_at, x)
-        n = _evaluate(numerator_at, x)
-    except _EvalError as exc:
+            phi_value = evaluate(phi_at, x)
+        n = evaluate(numerator_at, x)
+    except EvalError as exc:
         raise _fail(
             f"phi must be differentiable, but d/ds phi is undefined at s = {_fmt(x)} ({exc.detail})"
         ) from None
