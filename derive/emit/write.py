@@ -65,20 +65,33 @@ def check_hand_edit(path: pathlib.Path, manifest: dict) -> None:
 
 
 def write_modules(
-    rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bool = False
+    rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bool = False, complete: bool = False
 ) -> list[pathlib.Path]:
     """Write changed modules and update the manifest; returns the paths written (unchanged files are left).
 
+    ``complete`` (``derive gen --all``): ``rendered`` is the whole catalogue, so modules the manifest lists that
+    are no longer in it are removed with their entries (after the same hand-edit check as a rewrite).
     The whole read-check-write of the manifest holds a lock on the folder: two runs writing different
     modules into one folder both end up in its manifest. Temporaries left by a run killed mid-write are
     removed first."""
     with folder_lock(out_dir):
         remove_stale_temporaries(out_dir)
-        return _write_modules(rendered, out_dir, force=force)
+        return _write_modules(rendered, out_dir, force=force, complete=complete)
 
 
-def _write_modules(rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bool) -> list[pathlib.Path]:
+def _write_modules(
+    rendered: dict[Spec, str], out_dir: pathlib.Path, *, force: bool, complete: bool
+) -> list[pathlib.Path]:
     manifest = read_manifest(out_dir)
+    if complete:
+        names = {spec.name for spec in rendered}
+        for name in sorted(set(manifest) - names):
+            path = out_dir / f"{pathlib.PurePath(name).name}.py"  # never outside the folder
+            if path.exists():
+                if not force:
+                    check_hand_edit(path, manifest)
+                path.unlink()
+            del manifest[name]
     if not force:
         for spec, text in rendered.items():
             path = module_path(out_dir, spec)
