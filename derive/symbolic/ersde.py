@@ -10,7 +10,15 @@ with :math:`h^2 = g^2\,(s\varphi'/\varphi - 1)` and the data prediction
 
 .. math:: \mathrm{d}y = \frac{\varphi'}{\varphi}\,(y - \hat x_0)\,\mathrm{d}s + h\,\mathrm{d}\bar w .
 
-Everything here is derived by SymPy from :math:`\varphi` alone; nothing is printed. Symbols: ``sigma`` is the
+What is typed and what is derived: the step's linear factor :math:`r = \varphi(s')/\varphi(s)` and its noise
+variance :math:`V = s'^2 - s^2 r^2` are written here in closed form (the solutions of the linear drift and of
+the variance equation by an integrating factor) and then *proved* for every phi
+(:func:`derive.checks.generic_checks`, symbolically for a generic :math:`\varphi`, and
+:func:`derive.checks.step_checks` for the concrete one: they must solve :math:`r' = (\varphi'/\varphi)\,r`
+and :math:`V' = 2(\varphi'/\varphi)V - h^2` with :math:`r = 1`, :math:`V = 0` at the start). The noise
+fraction, the weight densities and every Taylor weight :math:`c_n` with its closed form and small-step
+series are derived by SymPy from :math:`\varphi`; the closed forms are then compared with the weights'
+definition by mpmath quadrature. Nothing here is printed. Symbols: ``sigma`` is the
 current noise level :math:`s_i`, ``sigma_next`` the next one :math:`s_{i+1} < s_i`, ``h = sigma - sigma_next``.
 """
 
