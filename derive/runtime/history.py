@@ -13,18 +13,20 @@ def _history_lengths(sigmas):
     """Usable history per step: at most ORDER outputs at distinct, decreasing sigmas.
 
     A node is dropped (with everything older) when the step that follows it is shorter than
-    HISTORY_STEP_RATIO times the current step: interpolating through nearly coincident nodes would multiply
-    rounding errors and noise by the inverse of that ratio (a repeated sigma is the limit of this).
+    HISTORY_STEP_RATIO times the longest of the current step and the steps kept so far: interpolating through
+    nearly coincident nodes would multiply rounding errors and noise by the inverse of that ratio (a repeated
+    sigma is the limit of this; a zero-length step is measured against the history it keeps).
     """
     lengths = []
     steps = len(sigmas) - 1
     for i in range(steps):
-        current = sigmas[i] - sigmas[i + 1]
+        scale = sigmas[i] - sigmas[i + 1]
         k = 1
         while k < ORDER and i - k >= 0:
             gap = sigmas[i - k] - sigmas[i - k + 1]
-            if not gap > 0 or gap < HISTORY_STEP_RATIO * current:
+            if not gap > 0 or gap < HISTORY_STEP_RATIO * scale:
                 break
+            scale = max(scale, gap)
             k += 1
         lengths.append(k)
     return lengths
