@@ -118,7 +118,8 @@ def main() -> None:
     type=options.Choice(METHODS, "method"),
     default="taylor",
     show_default=True,
-    help="taylor (interpolated derivatives), adams (integrated Lagrange basis, same weights) or pc (corrector: order K + 1).",
+    help="taylor (interpolated derivatives), adams (integrated Lagrange basis, same weights), pc (corrector: order "
+    "K + 1) or am (corrector of the predictor's order K: a smaller error constant; K >= 2).",
 )
 @click.option(
     "--dynamics",
@@ -213,7 +214,7 @@ def gen(
             )
         click.echo(f"{len(rendered)} module(s) in {out} match the derivation")
         return
-    write_modules(rendered, out, force=force)
+    write_modules(rendered, out, force=force, complete=all_)
     for spec in specs:
         click.echo(str(module_path(out, spec)))
 

@@ -70,7 +70,7 @@ def _derive(spec: Spec) -> Derivation:
     check_phi(phi, s)
     step = derive_step(phi)
     checks = list(generic_checks())
-    # the corrector integrates one degree more: it needs c_0 .. c_K
+    # a corrector through K + 1 nodes integrates one degree more: it needs c_0 .. c_K
     method = METHODS[spec.method]
     plan = plan_coefficients(step, spec.method_order, spec.form, spec.variable, direct=method.direct_weights)
     closed = {
@@ -81,7 +81,7 @@ def _derive(spec: Spec) -> Derivation:
     checks += step_checks(step, closed)
     for k in range(1, spec.order + 1):
         checks.append(interpolation_check(k))
-        if method.corrector:
+        if k in method.corrector_sizes(spec.order):
             checks.append(interpolation_check(k, corrector=True))
         if method.direct_weights:
             checks.append(adams_identity_check(step, k, spec.form, spec.variable))

@@ -8,34 +8,26 @@ import re
 import shlex
 
 from derive.errors import SpecError
+from derive.families import DYNAMICS as _DYNAMICS_REGISTRY
+from derive.families import FAMILIES as _FAMILY_REGISTRY
 from derive.methods import METHODS as _METHOD_REGISTRY
 from derive.symbolic.expression import PRESETS
 from derive.symbolic.families import FAMILIES as PROCESS_FAMILIES
 
-#: ``ersde`` works directly in normalized coordinates (k-diffusion convention); the others are processes.
-FAMILIES = ("ersde", *PROCESS_FAMILIES)
-#: taylor: the prediction's Taylor polynomial from the interpolating polynomial's derivatives; pc: the same
-#: predictor plus a corrector through the output at the predicted point (order K + 1, no extra model call);
-#: adams: the Lagrange basis through the last K outputs integrated directly against the step's density (DEIS-type)
-#: the registered methods (derive.methods), in the order the CLI lists them
+#: the registered families (derive.families): ``ersde`` works in normalized coordinates (k-diffusion
+#: convention), the others in a diffusion process's own coordinates
+FAMILIES = tuple(_FAMILY_REGISTRY)
+#: the registered methods (derive.methods: each entry's summary says what it is), in the order the CLI lists them
 METHODS = tuple(_METHOD_REGISTRY)
-DYNAMICS = ("ode", "sde", "er")
+DYNAMICS = tuple(_DYNAMICS_REGISTRY)
 PREDICTIONS = ("data", "noise", "velocity")
 MAX_ORDER = 8
 VARIABLES = ("s", "lambda", "t")
-#: Why the expansion in the family's own time t is refused, per family. The interpolating polynomial is
+#: --variable t is refused with the family's reason (derive.families): the interpolating polynomial is
 #: invariant under affine changes of its variable, so where t is affine in s or lambda the method would be
 #: identical; elsewhere t(s), the inverse of the schedule, would enter every weight integral.
-_TIME_VARIABLE = {
-    "ersde": "family ersde has no time of its own (it works in s = sigma/alpha); use --variable s or lambda",
-    "edm": "in family edm t = sigma = s, so the expansion in t is --variable s",
-    "vesde": "vesde's geometric sigma(t) makes t affine in lambda = -log s, so the expansion in t is --variable lambda",
-}
-
 #: Named noise-scale functions. ``default`` is the ER-SDE-Solver paper's recommended choice.
 PHI_PRESETS = PRESETS
-#: dynamics -> the phi that realises it (``er`` takes the spec's phi)
-DYNAMICS_PHI = {"ode": "ode", "sde": "sde"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +64,7 @@ class Spec:
     ) -> Spec:
         """The spec for these options with the command line's defaults (the one place they live): a process
         family without ``dynamics`` takes ``er`` when ``phi`` is given, else ``ode``."""
-        if family != "ersde" and dynamics is None:
+        if family in _FAMILY_REGISTRY and not _FAMILY_REGISTRY[family].normalized and dynamics is None:
             dynamics = "er" if phi != "default" else "ode"
         return cls(
             family=family,
@@ -94,6 +86,10 @@ class Spec:
             raise SpecError(f"order must be between 1 and {MAX_ORDER}, got {self.order}")
         if self.method not in METHODS:
             raise SpecError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.order < _METHOD_REGISTRY[self.method].min_order:
+            raise SpecError(
+                f"method {self.method} needs order >= {_METHOD_REGISTRY[self.method].min_order}, got {self.order}"
+            )
         if not isinstance(self.phi, str) or not self.phi.strip():
             raise SpecError("phi must be a preset name or an expression in s")
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in self.phi):
@@ -103,10 +99,9 @@ class Spec:
                 f"unknown expansion variable {self.variable!r}; choose one of: {', '.join(VARIABLES)}"
             )
         if self.variable == "t":
-            reason = _TIME_VARIABLE.get(
-                self.family,
+            reason = _FAMILY_REGISTRY[self.family].time_variable or (
                 f"is not implemented for family {self.family}: t(s), the inverse of its schedule, would enter every "
-                "weight integral; use --variable s or lambda",
+                "weight integral; use --variable s or lambda"
             )
             raise SpecError(
                 f"--variable t {reason}" if reason.startswith("is ") else f"--variable t: {reason}"
@@ -117,26 +112,32 @@ class Spec:
             raise SpecError(
                 f"unknown prediction {self.prediction!r}; choose one of: {', '.join(PREDICTIONS)}"
             )
-        if self.family == "ersde":
+        family = _FAMILY_REGISTRY[self.family]
+        if family.normalized:
             if self.dynamics is not None:
                 raise SpecError(
-                    "family ersde takes its dynamics from --phi (ode, sde or an expression), not --dynamics"
+                    f"family {self.family} takes its dynamics from --phi (ode, sde or an expression), not --dynamics"
                 )
             if self.schedule is not None:
-                raise SpecError("family ersde works in normalized coordinates and takes no --schedule")
-            if self.prediction not in (None, "data", "noise"):
-                raise SpecError("family ersde supports --prediction data or noise")
+                raise SpecError(
+                    f"family {self.family} works in normalized coordinates and takes no --schedule"
+                )
+            if self.prediction not in (None, *family.predictions):
+                raise SpecError(
+                    f"family {self.family} supports --prediction {' or '.join(family.predictions)}"
+                )
         else:
-            family = PROCESS_FAMILIES[self.family]
             if self.dynamics is None:
-                raise SpecError(f"family {self.family} needs --dynamics (ode, sde or er)")
-            if self.dynamics != "er" and self.phi != "default":
+                raise SpecError(
+                    f"family {self.family} needs --dynamics ({', '.join(DYNAMICS[:-1])} or {DYNAMICS[-1]})"
+                )
+            if _DYNAMICS_REGISTRY[self.dynamics].phi is not None and self.phi != "default":
                 raise SpecError(f"--phi only applies to --dynamics er (dynamics {self.dynamics} fixes phi)")
             if self.prediction is not None and self.prediction not in family.predictions:
                 raise SpecError(
                     f"family {self.family} has no {self.prediction} prediction; choose one of: {', '.join(family.predictions)}"
                 )
-            names = [item.name for item in family.schedules]
+            names = family.schedules
             if self.schedule is not None and self.schedule not in names:
                 raise SpecError(
                     f"family {self.family} has no schedule {self.schedule!r}; choose one of: {', '.join(names)}"
@@ -145,8 +146,9 @@ class Spec:
     # ---- resolved values ----------------------------------------------------------------------------------
     @property
     def resolved_phi(self) -> str:
-        if self.family != "ersde" and self.dynamics in DYNAMICS_PHI:
-            return DYNAMICS_PHI[self.dynamics]
+        fixed = None if self.dynamics is None else _DYNAMICS_REGISTRY[self.dynamics].phi
+        if not _FAMILY_REGISTRY[self.family].normalized and fixed is not None:
+            return fixed
         return self.phi
 
     @property
@@ -159,13 +161,11 @@ class Spec:
     def resolved_prediction(self) -> str:
         if self.prediction is not None:
             return self.prediction
-        return "data" if self.family == "ersde" else PROCESS_FAMILIES[self.family].default_prediction
+        return _FAMILY_REGISTRY[self.family].default_prediction
 
     @property
     def resolved_schedule(self) -> str | None:
-        if self.family == "ersde":
-            return None
-        return self.schedule or PROCESS_FAMILIES[self.family].schedules[0].name
+        return self.schedule or _FAMILY_REGISTRY[self.family].default_schedule
 
     @property
     def form(self) -> str:
@@ -174,14 +174,17 @@ class Spec:
 
     @property
     def method_order(self) -> int:
-        """The order of the method: K, or K + 1 for the predictor-corrector."""
+        """The order of the method (its registry entry's order for K: K, or K + 1 for pc)."""
         return _METHOD_REGISTRY[self.method].order(self.order)
 
     @property
     def resolved_dynamics(self) -> str:
         if self.dynamics is not None:
             return self.dynamics
-        return {"ode": "ode", "sde": "sde"}.get(self.phi, "er")
+        # normalized coordinates: the dynamics whose phi preset the spec names, else the ER SDE of its phi
+        return next(
+            (d.name for d in _DYNAMICS_REGISTRY.values() if d.phi is not None and d.phi == self.phi), "er"
+        )
 
     @property
     def phi_label(self) -> str:
@@ -196,20 +199,18 @@ class Spec:
     def name(self) -> str:
         """Module name: family + order, with a suffix for each non-default option."""
         parts = [f"{self.family}_order{self.order}"]
-        if self.family == "ersde":
+        family = _FAMILY_REGISTRY[self.family]
+        if family.normalized:
             if self.phi != "default":
                 parts.append(f"phi_{self.phi_label}")
-            if self.resolved_prediction != "data":
-                parts.append(self.resolved_prediction)
         else:
-            family = PROCESS_FAMILIES[self.family]
             parts.append(self.dynamics)
-            if self.dynamics == "er" and self.phi != "default":
+            if _DYNAMICS_REGISTRY[self.dynamics].phi is None and self.phi != "default":
                 parts.append(f"phi_{self.phi_label}")
-            if self.resolved_prediction != family.default_prediction:
-                parts.append(self.resolved_prediction)
-            if self.resolved_schedule != family.schedules[0].name:
-                parts.append(self.resolved_schedule)
+        if self.resolved_prediction != family.default_prediction:
+            parts.append(self.resolved_prediction)
+        if self.resolved_schedule != family.default_schedule:
+            parts.append(self.resolved_schedule)
         if self.variable != "s":
             parts.append(self.variable)
         if self.method != "taylor":
@@ -218,9 +219,10 @@ class Spec:
 
     def as_dict(self) -> dict:
         out = {"family": self.family, "order": self.order, "phi": self.phi_text, "method": self.method}
-        if self.family != "ersde" or self.resolved_prediction != "data":
+        normalized = _FAMILY_REGISTRY[self.family].normalized
+        if not normalized or self.resolved_prediction != _FAMILY_REGISTRY[self.family].default_prediction:
             out["prediction"] = self.resolved_prediction
-        if self.family != "ersde":
+        if not normalized:
             out["dynamics"] = self.dynamics
             out["schedule"] = self.resolved_schedule
         if self.variable != "s":
@@ -257,6 +259,8 @@ CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "ode", method="pc", variable="lambda") for k in (1, 2, 3)),
     *(Spec("ersde", k, "default", method="pc") for k in (1, 2, 3)),
     Spec("vpsde", 2, dynamics="ode", method="pc"),  # noise prediction, family time: UniPC's setting
+    *(Spec("ersde", k, "ode", method="am") for k in (2, 3)),
+    Spec("ersde", 3, "default", method="am"),
     # Adams form: the Lagrange basis integrated per stored output (equal to Taylor in exact arithmetic)
     *(Spec("ersde", k, "ode", method="adams") for k in (2, 3, 4)),
     Spec("ersde", 3, "ode", method="adams", variable="lambda"),

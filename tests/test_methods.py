@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from derive.coefficients import MIN_STEP_RATIO, _mp_quad_weight, mp_noise_variance
+from derive.methods import METHODS
 from derive.symbolic.ersde import derive_step
 from derive.symbolic.ersde import sigma as sigma_symbol
 from derive.symbolic.ersde import sigma_next as sigma_next_symbol
@@ -40,7 +41,8 @@ from derive.symbolic.interpolation import (
 from .conftest import load_module, manifest
 
 NAMES = sorted(manifest())
-PC = [n for n in NAMES if manifest()[n]["method"] == "pc"]
+#: the modules with a corrector (pc, am: every registered method that has one)
+PC = [n for n in NAMES if METHODS[manifest()[n]["method"]].corrector]
 STEPS = {}
 
 
@@ -115,7 +117,10 @@ def test_corrector_weights_match_mpmath(name, sigma, t, ratios):
     assert d is not None and len(d) == len(w) + 1
     # the corrector's own weights on [P_{i+1}, P_i, ...]: the correction plus the predictor's (shifted by one)
     wc = [d[0], *(d[j + 1] + w[j] for j in range(len(w)))]
-    used = len(w)
+    # the corrector's own stored outputs: the predictor's less the ones its method drops, at least one
+    full = max(len(w) - module.CORRECTOR_DROP, 1)
+    assert all(wc[j + 1] == 0.0 for j in range(full, len(w)))
+    used = full
     while used > 1 and wc[used] == 0.0:  # outputs the corrector's guard dropped
         used -= 1
     with mpmath.workdps(34):
@@ -123,7 +128,7 @@ def test_corrector_weights_match_mpmath(name, sigma, t, ratios):
         for j in range(used + 1):
             assert abs(wc[j] - exact[j]) <= 1e-12 * max(abs(exact[j]), abs(c[0])), (j, wc[j], exact[j])
         assert mpmath.fsum(exact) == pytest.approx(float(c[0]), rel=1e-25)  # exact for constants
-        if used < len(w):
+        if used < full:
             longer, _ = _exact(name, history, sigma - h, used + 1, corrector=True)
             assert _amplification(longer) > module.AMPLIFICATION_LIMIT[used + 2] * (1 - 1e-9)
 
@@ -275,10 +280,10 @@ def _mp_denoiser(y, s):
     return MP_MEAN + MP_VAR / (MP_VAR + s**2) * (y - MP_MEAN)
 
 
-def _mp_sample(order: int, n: int, corrector: bool) -> mpmath.mpf:
-    """The phi = s update (r = s'/s, weights sum_n c_n D_nj, optionally the corrector's sum_n c_n D'_nj) at 30
-    digits from exact starting values, written from the formulas, not from a generated module; returns the error
-    at MP_SMIN."""
+def _mp_sample(order: int, n: int, corrector: bool, drop: int = 0) -> mpmath.mpf:
+    """The phi = s update (r = s'/s, weights sum_n c_n D_nj, optionally the corrector's sum_n c_n D'_nj through
+    the new output and the ``order - drop`` newest stored ones) at 30 digits from exact starting values, written
+    from the formulas, not from a generated module; returns the error at MP_SMIN."""
     step = _step("ersde_order1_phi_ode")
     ratio = mpmath.exp(mpmath.log(MP_SMIN / MP_SMAX) / n)
     sigmas = [MP_SMAX * ratio**i for i in range(n + 1)]
@@ -286,9 +291,10 @@ def _mp_sample(order: int, n: int, corrector: bool) -> mpmath.mpf:
     outputs = [_mp_denoiser(_mp_flow(y0, MP_SMAX, sigmas[j]), sigmas[j]) for j in range(order - 1)]
     y = _mp_flow(y0, MP_SMAX, sigmas[order - 1])
     D = [sp.lambdify(offset_symbols(order), row, "mpmath") for row in derivative_weights(order)]
+    kc = order - drop
     Dc = [
-        sp.lambdify((next_offset, *offset_symbols(order)), row, "mpmath")
-        for row in corrector_derivative_weights(order)
+        sp.lambdify((next_offset, *offset_symbols(kc)), row, "mpmath")
+        for row in corrector_derivative_weights(kc)
     ]
     # phi = s is scale-free: c_m(a, a q) = a^m c_m(1, q), so one quadrature per m serves every step
     unit = [_mp_quad_weight(step, m, mpmath.mpf(1), ratio) for m in range(order + 1)]
@@ -303,20 +309,20 @@ def _mp_sample(order: int, n: int, corrector: bool) -> mpmath.mpf:
         )
         if corrector and i + 1 < n:
             new = _mp_denoiser(y_next, b)
-            values = [new, *stored]
+            values = [new, *stored[:kc]]
             y_next = b / a * y + mpmath.fsum(
-                c[m] * mpmath.fsum(w * p for w, p in zip(Dc[m](b - a, *offsets), values))
-                for m in range(order + 1)
+                c[m] * mpmath.fsum(w * p for w, p in zip(Dc[m](b - a, *offsets[: kc - 1]), values))
+                for m in range(kc + 1)
             )
         y = y_next
     return abs(y - _mp_flow(y0, MP_SMAX, MP_SMIN))
 
 
-def _mp_order(order, corrector, steps):
+def _mp_order(order, corrector, steps, drop=0):
     from derive.verify.orders import fit_order
 
     with mpmath.workdps(30):
-        errors = [float(_mp_sample(order, n, corrector)) for n in steps]
+        errors = [float(_mp_sample(order, n, corrector, drop)) for n in steps]
     return fit_order([1 / n for n in steps], errors, floor=1e-26)
 
 
@@ -325,6 +331,15 @@ def test_method_order_8_in_mpmath(order):
     """Order 8 needs errors below float64's reach over four step halvings: the same update at 30 digits.
     Measured: 7.98 (N = 24 ... 384, errors 1.7e-6 ... 6.2e-16)."""
     fit = _mp_order(order, False, (24, 48, 96, 192, 384))
+    assert abs(fit.order - order) <= 0.2, str(fit)
+
+
+@pytest.mark.parametrize("order", [2, 3, 4])
+def test_same_order_corrector_in_mpmath(order):
+    """The am corrector (new output and the K - 1 newest stored ones) keeps order K, from the formulas at 30
+    digits, on steps short enough for its small leading constant to dominate (N = 96 ... 1536). Measured,
+    K = 2, 3, 4: 2.01 3.05 4.09 (the Taylor update on the same steps: 2.01 3.01 4.01)."""
+    fit = _mp_order(order, True, (96, 192, 384, 768, 1536), drop=1)
     assert abs(fit.order - order) <= 0.2, str(fit)
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from derive import runtime
-from derive.runtime import continuous, contract, discrete, history, loop, native, table, taylor
+from derive.runtime import continuous, contract, corrector, discrete, history, loop, native, table, taylor
 from derive.runtime import module as provided
 
 from .conftest import GENERATED
@@ -125,6 +125,9 @@ def test_history_lengths_drop_nodes_before_short_or_repeated_steps(monkeypatch):
     assert history._history_lengths([8.0, 4.0, 4.0, 2.0, 1.0]) == [1, 2, 1, 2]
     # a step 1000x shorter than the next one restarts the history
     assert history._history_lengths([10.0, 9.999, 5.0, 1.0]) == [1, 1, 2]
+    # a zero-length step keeps its history only down to nodes 1 % of that history's longest step apart (nodes one
+    # ulp apart round to one point in lambda = -log s: their divided differences divide by zero)
+    assert history._history_lengths([7.38905609893065, 7.3890560989306495, 1.0, 1.0]) == [1, 1, 2]
 
 
 @pytest.mark.parametrize(
@@ -147,6 +150,29 @@ def test_taylor_step_weights_combine_taylor_and_derivative_weights(monkeypatch):
     monkeypatch.setattr(taylor, "_DERIVATIVE_WEIGHTS", {2: lambda d: ((1.0, 0.0), (-1.0 / d, 1.0 / d))})
     c = [[2.0], [3.0]]  # c_0, c_1 of step 0
     assert taylor._step_weights(c, None, 0, [0.5]) == [2.0 - 3.0 / 0.5, 3.0 / 0.5]
+
+
+@pytest.mark.parametrize("drop", [0, 1])
+def test_corrector_keeps_the_new_output_and_all_but_the_dropped_stored_ones(monkeypatch, drop):
+    """K = 2 with phi = s in u = s: the pc corrector (drop 0) interpolates P_new, P_i, P_(i-1); the am corrector
+    (drop 1) P_new and P_i only: wc = (c_1 / d, c_0 - c_1 / d) with d = u_(i+1) - u_i, and the correction is wc
+    minus the predictor's weights (-w on what the corrector leaves out)."""
+    monkeypatch.setattr(history, "ORDER", 2)
+    monkeypatch.setattr(corrector, "CORRECTOR_DROP", drop)
+    monkeypatch.setattr(corrector, "taylor_weights", lambda a, b: [1 - b / a, (a - b) ** 2 / (2 * a)])
+    monkeypatch.setattr(corrector, "AMPLIFICATION_LIMIT", {2: 1e9, 3: 1e9})
+    line = {1: lambda d: ((0.0, 1.0), (1.0 / d, -1.0 / d))}  # the line through (d, P_new) and (0, P_i)
+    monkeypatch.setattr(corrector, "_CORRECTOR_WEIGHTS", line if drop else {})
+    sigmas = [4.0, 2.0, 1.0]
+    weights = [(0.5,), (0.25, 0.125)]  # the predictor's (any values: the correction subtracts them)
+    if not drop:
+        with pytest.raises(KeyError):  # drop 0 asks for the three-point corrector
+            corrector.correction_table(sigmas, weights)
+        return
+    corrections = corrector.correction_table(sigmas, weights)
+    c0, c1, d = 1 - 2.0 / 4.0, 2.0**2 / 8.0, -2.0
+    assert corrections[0] == pytest.approx((c1 / d, c0 - c1 / d - 0.5))
+    assert corrections[1] is None  # the last step: no model call after it
 
 
 def test_run_applies_a_correction_once_the_new_output_is_known():

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from derive.methods import METHODS
 from derive.verify.orders import fit_order
 from derive.verify.problems import (
     GaussianData,
@@ -219,14 +220,16 @@ def test_ode_convergence_order_on_gaussian_exact_flow(name, record_property):
         y0,
         smax,
         smin,
-        PC_STEPS if module.METHOD == "pc" else CONV_STEPS[1:],
+        PC_STEPS if METHODS[module.METHOD].corrector else CONV_STEPS[1:],
     )
     _check_orders(module, method_fit, as_used_fit, record_property)
 
 
-@pytest.mark.parametrize("name", [n for n in MODULE_NAMES if manifest()[n].get("method", "taylor") != "pc"])
+@pytest.mark.parametrize(
+    "name", [n for n in MODULE_NAMES if not METHODS[manifest()[n].get("method", "taylor")].corrector]
+)
 def test_history_restart_reproduces_the_plain_run(name):
-    """Not for pc modules: a corrected run's state at sigmas[m] is not where its stored output was evaluated
+    """Not for modules with a corrector: a corrected run's state at sigmas[m] is not where its stored output was evaluated
     (their corrector weights are checked against mpmath instead, tests/test_methods.py).
 
     ``history`` means exactly what the plain run has stored: restarting at sigmas[m] from the plain run's

@@ -23,6 +23,7 @@ import pytest
 import sympy
 import torch
 
+from derive.methods import METHODS
 from derive.symbolic.expression import parse_expression
 
 from .conftest import load_module, manifest
@@ -35,9 +36,12 @@ def _form(name):
     return getattr(load_module(name), "FORM", "data")
 
 
-# first-order Taylor modules (a pc module of order 1 corrects every step: DDIM is only its predictor)
+# first-order modules without a corrector (a pc module of order 1 corrects every step: DDIM is only its
+# predictor)
 ODE_ORDER1 = sorted(
-    n for n, e in MANIFEST.items() if e["phi"] == "s" and e["order"] == 1 and e["method"] != "pc"
+    n
+    for n, e in MANIFEST.items()
+    if e["phi"] == "s" and e["order"] == 1 and not METHODS[e["method"]].corrector
 )
 # DDPM is the *data-prediction* first-order solver of the reverse SDE. The noise-prediction form
 # (eps held constant over the step) is a different first-order scheme: y' = y - 2(s - s') eps +

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+import string
 import subprocess
 import textwrap
 
@@ -21,6 +22,8 @@ from derive.coefficients import (
 )
 from derive.derivation import derive_spec
 from derive.emit.printer import Polyval, Routine, make_routine
+from derive.families import DYNAMICS
+from derive.families import FAMILIES as SPEC_FAMILIES
 from derive.methods import METHODS
 from derive.provenance import template_dir
 from derive.quadrature import gauss_legendre
@@ -36,8 +39,8 @@ from derive.symbolic.ersde import (
     sigma_next,
     v,
 )
+from derive.symbolic.families import alpha as fam_alpha
 from derive.symbolic.families import (
-    FAMILIES,
     alpha_next,
     derive_family,
     family_update,
@@ -49,7 +52,6 @@ from derive.symbolic.families import (
     table_value,
     weight_sum,
 )
-from derive.symbolic.families import alpha as fam_alpha
 from derive.symbolic.families import mu as fam_mu
 from derive.symbolic.families import sigma_t as fam_sigma
 from derive.symbolic.families import t as family_t
@@ -227,11 +229,9 @@ def _adams_routines(spec: Spec, step: ERSDEStep) -> tuple[list[Routine], list[tu
 
 
 def _corrector_routines(spec: Spec) -> tuple[list[Routine], list[tuple[int, str]]]:
-    """The corrector's derivative matrices D' for 1 .. K stored outputs plus the new one (pc only)."""
+    """The corrector's derivative matrices D' for each stored-output count it may use, plus the new output."""
     routines, names = [], []
-    if not METHODS[spec.method].corrector:
-        return routines, names
-    for k in range(1, spec.order + 1):
+    for k in METHODS[spec.method].corrector_sizes(spec.order):
         D = corrector_derivative_weights(k)
         name = f"_corrector_weights_{k}"
         routines.append(
@@ -329,6 +329,10 @@ def render(spec: Spec) -> str:
         "basis_routines": basis_routines,
         "method": spec.method,
         "method_order": spec.method_order,
+        "corrector_drop": METHODS[spec.method].corrector_drop,
+        "method_doc": _method_doc(spec),
+        "method_order_text": "ORDER"
+        + (f" + {gain}: the corrector" if (gain := METHODS[spec.method].order_gain) else ""),
         "amplification_limits": [
             (k, repr(float(HISTORY_AMPLIFICATION_FACTOR * adams_bashforth_lebesgue(k))))
             for k in range(2, spec.method_order + 1)
@@ -352,26 +356,29 @@ def render(spec: Spec) -> str:
     return format_source(text)
 
 
-_DYNAMICS_TEXT = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}
+def _method_doc(spec: Spec) -> str:
+    """The method's paragraph of the module docstring (its registry entry's text, for this spec's form)."""
+    data = spec.form == "data"
+    return string.Template(METHODS[spec.method].doc).substitute(
+        order=spec.order,
+        method_order=spec.method_order,
+        weight_integral=(
+            "phi(s_{i+1}) int_{s_{i+1}}^{s_i} phi'(s)/phi(s)^2 l_j(u(s) - u_i) ds"
+            if data
+            else "-int_{s_{i+1}}^{s_i} (s phi'(s)/phi(s)) l_j(u(s) - u_i) ds"
+        ),
+        c="c" if data else "e",
+    )
 
 
 def _title(spec: Spec) -> str:
-    dynamics = _DYNAMICS_TEXT[spec.resolved_dynamics]
-    if spec.family == "ersde":
-        where = "normalized coordinates"
-    else:
-        where = FAMILIES[spec.family].title
-    if spec.method == "adams":
-        return (
-            f"{dynamics} Adams-type solver of order {spec.order} for the {where} "
-            f"({spec.resolved_prediction} prediction; multistep, one model call per step)."
-        )
-    if spec.method == "pc":
-        return (
-            f"{dynamics} predictor-corrector of order {spec.method_order} (predictor of order {spec.order}) for the {where} "
-            f"({spec.resolved_prediction} prediction; multistep, one model call per step)."
-        )
-    return f"{dynamics} solver of order {spec.order} for the {where} ({spec.resolved_prediction} prediction; multistep, one model call per step)."
+    dynamics = DYNAMICS[spec.resolved_dynamics].text
+    where = SPEC_FAMILIES[spec.family].title
+    method = METHODS[spec.method].title.format(order=spec.order, method_order=spec.method_order)
+    return (
+        f"{dynamics} {method} for the {where} "
+        f"({spec.resolved_prediction} prediction; multistep, one model call per step)."
+    )
 
 
 def _intro(spec: Spec) -> list[str]:
@@ -379,7 +386,7 @@ def _intro(spec: Spec) -> list[str]:
         "Entry points: sample(model, x, sigmas, ...) in the k-diffusion / ComfyUI convention (normalized"
     ]
     lines.append("sigmas, a denoiser model)")
-    if spec.family != "ersde":
+    if not SPEC_FAMILIES[spec.family].normalized:
         lines[-1] += "; sample_native(model, x, timesteps, ...) with the family's own time and a model"
         lines.append(f"that returns its {spec.resolved_prediction} prediction")
     lines[-1] += "."
@@ -388,7 +395,7 @@ def _intro(spec: Spec) -> list[str]:
 
 def _native_context(spec: Spec, step: ERSDEStep, routines: list[Routine]) -> dict:
     """Schedule, conversions and the family-coordinate update of a process family."""
-    if spec.family == "ersde":
+    if SPEC_FAMILIES[spec.family].normalized:
         return {"native": None}
     derivation = derive_family(spec.family, spec.resolved_schedule)
     family, schedule = derivation.family, derivation.schedule

@@ -51,12 +51,15 @@ def make_spec(
             f"explain walks through the taylor derivation; --method {method} is not explained yet "
             "(adams has the same weights as taylor; pc adds a corrector of order K + 1)"
         )
-    if family != "ersde" and dynamics is None:
-        dynamics = "er" if phi != "default" else "ode"
-    options = {"dynamics": dynamics, "prediction": prediction, "schedule": schedule}
-    if variable != "s":
-        options["variable"] = variable
-    return Spec(family=family, order=_order(order), phi=phi, **options)
+    return Spec.from_options(
+        family=family,
+        order=_order(order),
+        phi=phi,
+        dynamics=dynamics,
+        prediction=prediction,
+        schedule=schedule,
+        variable=variable,
+    )
 
 
 @click.command()

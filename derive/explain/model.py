@@ -13,6 +13,7 @@ from sympy.codegen.cfunctions import expm1
 from derive import checks as _checks
 from derive import coefficients as _coefficients
 from derive.errors import DerivationError
+from derive.families import FAMILIES as SPEC_FAMILIES
 from derive.spec import Spec
 from derive.symbolic import admissibility as _admissibility
 from derive.symbolic import ersde as _ersde
@@ -275,8 +276,8 @@ class _Context:
 
     @property
     def normalized(self) -> bool:
-        """Family ersde: the process is given in normalized coordinates (the EDM process with t = s)."""
-        return self.spec.family == "ersde"
+        """A normalized-coordinate family (ersde): the process is the EDM process with t = s."""
+        return SPEC_FAMILIES[self.spec.family].normalized
 
     @property
     def mean_reverting(self) -> bool:
@@ -314,7 +315,7 @@ def _context(spec: Spec) -> _Context:
             lambda n, a, b: _coefficients._mp_quad_weight(step, n, a, b),
         )
     )
-    if spec.family == "ersde":
+    if SPEC_FAMILIES[spec.family].normalized:
         derivation = _families.derive_family("edm")
     else:
         derivation = _families.derive_family(spec.family, spec.resolved_schedule)

@@ -51,8 +51,9 @@ from derive.explain.weights import (
     _update,
     _weights,
 )
+from derive.families import DYNAMICS
+from derive.families import FAMILIES as SPEC_FAMILIES
 from derive.spec import Spec
-from derive.symbolic import families as _families
 
 
 # ---- the whole walk-through ----------------------------------------------------------------------------------
@@ -82,8 +83,8 @@ def build_explanation(spec: Spec) -> Explanation:
         _order_conditions,
     )
     steps = tuple(builder(ctx) for builder in builders)
-    dynamics = {"ode": "probability-flow ODE", "sde": "reverse SDE", "er": "ER SDE"}[spec.resolved_dynamics]
-    where = "normalized coordinates" if spec.family == "ersde" else _families.FAMILIES[spec.family].title
+    dynamics = DYNAMICS[spec.resolved_dynamics].text
+    where = SPEC_FAMILIES[spec.family].title
     if spec.resolved_dynamics == "ode" or _checks._is_zero(ctx.phi - s):
         order_text = f"of order {spec.order}"
     else:

@@ -1,5 +1,6 @@
-"""The corrector of the pc method: through the output at the predicted point, order K + 1 with no extra model
-call (inlined into the pc modules)."""
+"""The corrector of the pc and am methods: through the output at the predicted point and the stored outputs
+(all K: order K + 1; the K - 1 newest: order K with a smaller error constant), with no extra model call
+(inlined into the modules of both methods)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from derive.runtime.history import _amplification, _history_offsets
 from derive.runtime.module import (
     _CORRECTOR_WEIGHTS,
     AMPLIFICATION_LIMIT,
+    CORRECTOR_DROP,
     WEIGHT_SIGN,
     _node_offset,
     taylor_weights,
@@ -21,9 +23,10 @@ from derive.runtime.module import (
 def correction_table(sigmas, weights):
     """Per step: the corrections d_i (weights on P_{i+1}, P_i, ..., newest first) or None (no correction).
 
-    ``weights`` are the predictor's, from coefficient_table(sigmas). The corrector uses the predictor's history
-    plus the new output, with one output fewer while its weights amplify perturbations by more than
-    AMPLIFICATION_LIMIT. Computed once per schedule in float64, like the predictor's coefficients.
+    ``weights`` are the predictor's, from coefficient_table(sigmas). The corrector uses the new output and the
+    predictor's history less its CORRECTOR_DROP oldest outputs (at least one stored output), with one output
+    fewer while its weights amplify perturbations by more than AMPLIFICATION_LIMIT. Computed once per schedule
+    in float64, like the predictor's coefficients.
     """
     s = _float64(sigmas)
     sigma, sigma_next = s[:-1], s[1:]
@@ -40,7 +43,7 @@ def correction_table(sigmas, weights):
         if i + 2 >= len(values) or values[i + 2] == 0 or not values[i + 2] < values[i + 1] < values[i]:
             corrections.append(None)
             continue
-        k = len(w)
+        k = max(len(w) - CORRECTOR_DROP, 1)
         while True:
             rows = _CORRECTOR_WEIGHTS[k](new[i], *[offsets[j][i] for j in range(1, k)])
             wc = [WEIGHT_SIGN * sum(taylor[n][i] * rows[n][j] for n in range(k + 1)) for j in range(k + 1)]

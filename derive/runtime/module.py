@@ -59,6 +59,7 @@ def _first_derivative_weights():
 _DERIVATIVE_WEIGHTS = {1: _first_derivative_weights}
 #: the same for the corrector's k + 1 points, and the Lagrange basis of the Adams form (printed)
 _CORRECTOR_WEIGHTS: dict = {}
+CORRECTOR_DROP = 0
 _LAGRANGE_BASIS: dict = {}
 _STAGES: dict = {}
 _CORRECTORS: dict = {}

@@ -33,6 +33,7 @@ import numpy as np
 import sympy as sp
 import torch
 
+from derive.families import FAMILIES as SPEC_FAMILIES
 from derive.symbolic.ersde import derive_step, sigma, sigma_next, v
 from derive.symbolic.interpolation import next_offset, offset_symbols
 
@@ -167,7 +168,8 @@ def module_error_spec(module) -> tuple[str, str, str, str]:
     spec = getattr(module, "SPEC", None)
     if not isinstance(spec, dict) or "coefficient_table" not in dir(module):
         raise ValueError("module is not a generated sampler module (no SPEC / coefficient_table)")
-    if getattr(module, "FAMILY", spec.get("family")) != "ersde" and not hasattr(module, "noise_scale_fn"):
+    family = SPEC_FAMILIES.get(getattr(module, "FAMILY", spec.get("family")))
+    if (family is None or not family.normalized) and not hasattr(module, "noise_scale_fn"):
         raise ValueError(
             f"module {spec} has no normalized-coordinate sample(); schedules need an ersde module"
         )
@@ -175,9 +177,7 @@ def module_error_spec(module) -> tuple[str, str, str, str]:
         raise ValueError(
             "published-sampler variants have no derived error kernel; use a catalogue ersde module"
         )
-    phi = spec.get("phi", "s")
-    if spec.get("family", "ersde") != "ersde":
-        phi = {"ode": "s", "sde": "s**2"}.get(spec.get("dynamics"), phi)
+    phi = spec.get("phi", "s")  # the resolved expression (a process family's dynamics fix it)
     return (
         str(phi),
         str(module.FORM),

@@ -6,7 +6,7 @@ The predicted error of a schedule :math:`s_0 > \dots > s_N` for a module of orde
 
 step i using the history the module itself uses (:math:`k_i = \min(i + 1, K)` stored outputs, so the first
 K - 1 steps are the low-order start), :math:`\kappa_i` its derived kernel and :math:`p_i` its order (``k_i``;
-``k_i + 1`` on a corrected step of a predictor-corrector, whose last step is not corrected). The start is not
+the corrector's on a corrected step of a module with a corrector, whose last step is not corrected). The start is not
 special-cased: its low-order steps enter with their own kernels, so the minimiser shortens them until their
 error no longer dominates (a graded start, at no extra model call).
 
@@ -38,8 +38,9 @@ class ErrorModel:
     def __init__(self, phi: str, form: str, variable: str, method: str, order: int, profile: Profile):
         self.phi, self.form, self.variable, self.method, self.order = phi, form, variable, method, order
         self.profile = profile
-        self.corrector = METHODS[method].corrector
-        if profile.max_order < order + (1 if self.corrector else 0):
+        self.method_entry = METHODS[method]
+        self.corrector = self.method_entry.corrector
+        if profile.max_order < self.method_entry.order(order):
             raise ValueError("profile does not reach the method's order")
 
     def _offset(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,10 +66,14 @@ class ErrorModel:
             kp = kernel(self.phi, self.form, self.variable, k, False)(s_from, s_to, offsets)
             part = self.profile(k, s_from) * kp[None]
             if self.corrector:
+                # the corrector's own stored outputs: the predictor's less the ones the method drops
+                kc_size = max(k - self.method_entry.corrector_drop, 1)
                 new = self._offset(s_from, s_to)
-                kc = kernel(self.phi, self.form, self.variable, k, True)(s_from, s_to, [new, *offsets])
+                kc = kernel(self.phi, self.form, self.variable, kc_size, True)(
+                    s_from, s_to, [new, *offsets[: kc_size - 1]]
+                )
                 corrected = (index < n - 1)[None]
-                part = torch.where(corrected, self.profile(k + 1, s_from) * kc[None], part)
+                part = torch.where(corrected, self.profile(kc_size + 1, s_from) * kc[None], part)
             errors = errors.index_put((torch.arange(members)[:, None], index[None, :]), part)
         return errors
 
@@ -81,7 +86,7 @@ class ErrorModel:
         return torch.sqrt((w * per_member**2).sum())
 
     def density_order(self) -> int:
-        return self.order + (1 if self.corrector else 0)
+        return self.method_entry.order(self.order)
 
 
 def _levels(theta: torch.Tensor, log_max: float, log_min: float) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """The claims table: each published sampler's claimed order against its measured orders, next to the derived
-solver of the same cost per step.
+solver of the same cost per step; and the methods table: each registered method's declared order against its
+measured orders, with its error relative to the Taylor method of the same K.
 
     python -m derive.verify.claims [--coarse] [--doc docs/claims.md] [--plot docs/img/claims.png] [--json PATH]
+    python -m derive.verify.claims --methods [--coarse] [--doc docs/claims.md] [--json PATH]
 
 Every variant (``derive gen --variant``) and its derived counterpart (the base derivation's own module: same
 phi, form and expansion variable, the interpolating polynomial's derivatives instead of the published
@@ -19,6 +21,9 @@ import click
 from derive.verify import harness
 
 BEGIN, END = "<!-- claims table: begin -->", "<!-- claims table: end -->"
+METHODS_BEGIN, METHODS_END = "<!-- methods table: begin -->", "<!-- methods table: end -->"
+#: the methods table: every registered method on the probability-flow ODE (phi = s, expansion in s) for these K
+METHOD_ORDERS = (2, 3, 4)
 
 
 def _derived_module(variant):
@@ -58,6 +63,83 @@ def measure(settings: harness.Settings, keys=None) -> list[dict]:
     return rows
 
 
+def _module_for(spec):
+    """The checked-in module of ``spec`` if there is one, else the rendered one; and the verify command."""
+    from derive.spec import command_args
+
+    if spec.name in harness.manifest():
+        return harness.load_checked_in(spec.name), f"derive verify --module {spec.name}"
+    return harness.load_rendered(spec), f"derive verify {command_args(spec)}"
+
+
+def measure_methods(settings: harness.Settings, orders=METHOD_ORDERS) -> list[dict]:
+    """One row per registered method and K: its declared order, its report, and the Taylor module of that K's
+    report (the reference for the error ratio). Rows come from the registry, so a new method gets its own."""
+    from derive.methods import METHODS
+    from derive.spec import Spec
+
+    reports: dict[str, tuple] = {}
+
+    def report(spec):
+        if spec.name not in reports:
+            module, command = _module_for(spec)
+            reports[spec.name] = (harness.verify_module(module, settings, name=spec.name), command)
+        return reports[spec.name]
+
+    rows = []
+    for method in METHODS.values():
+        for k in orders:
+            if k < method.min_order:
+                continue
+            spec = Spec("ersde", k, "ode", method=method.name)
+            measured, command = report(spec)
+            rows.append(
+                {
+                    "method": method,
+                    "order": k,
+                    "declared": method.order(k),
+                    "report": measured,
+                    "command": command,
+                    "taylor": report(Spec("ersde", k, "ode"))[0],
+                }
+            )
+    return rows
+
+
+def _error_ratio(report, taylor) -> str:
+    """The method study's error over the Taylor module's, at the finest step count both resolved."""
+    mine, theirs = report.find("method", "gaussian"), taylor.find("method", "gaussian")
+    if not mine or not theirs:
+        return "-"
+    a, b = mine[0], theirs[0]
+    pairs = [
+        (n, e, f)
+        for n, e, f in zip(a.steps, a.errors, b.errors)
+        if math.isfinite(e) and math.isfinite(f) and e > 10 * a.floor and f > 10 * b.floor
+    ]
+    if not pairs:
+        return "-"
+    n, e, f = pairs[-1]
+    return f"{e / f:.2g} (N = {n})"
+
+
+def methods_table(rows: list[dict]) -> str:
+    """The markdown table: a row per registered method and K."""
+    lines = [
+        "| method | K | declared order | method | as-used | error / Taylor's | what it is | reproduce |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        method, report = row["method"], row["report"]
+        verdict = "" if report.passed else " **(falls short)**"
+        lines.append(
+            f"| `{method.name}`{verdict} | {row['order']} | {row['declared']} | {_order(report, 'method')} | "
+            f"{_order(report, 'as-used')} | {_error_ratio(report, row['taylor'])} | {method.summary} | "
+            f"`{row['command']}` |"
+        )
+    return "\n".join(lines)
+
+
 def _order(report, kind: str) -> str:
     studies = report.find(kind)
     if not studies:
@@ -94,12 +176,12 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_doc(path: pathlib.Path, text: str) -> None:
-    """Replace the block between the markers in ``path`` with ``text``."""
+def write_doc(path: pathlib.Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace the block between the markers ``begin`` and ``end`` in ``path`` with ``text``."""
     content = path.read_text(encoding="utf-8")
-    head, rest = content.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}", encoding="utf-8")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}", encoding="utf-8")
 
 
 def write_plot(path: pathlib.Path, rows: list[dict]) -> None:
@@ -181,9 +263,39 @@ def report_json(rows: list[dict], settings: harness.Settings) -> dict:
     default=None,
     help="Every number as JSON.",
 )
-def main(coarse, keys, doc, plot, json_path) -> None:
+@click.option(
+    "--methods",
+    is_flag=True,
+    help="The methods table instead: every registered method (derive.methods) for K = 2, 3, 4.",
+)
+def main(coarse, keys, doc, plot, json_path, methods) -> None:
     """Measure every published sampler and its derived counterpart; print (and write) the claims table."""
     settings = harness.Settings.coarse() if coarse else harness.Settings()
+    if methods:
+        rows = measure_methods(settings)
+        text = methods_table(rows)
+        click.echo(text)
+        if doc is not None:
+            write_doc(doc, text, METHODS_BEGIN, METHODS_END)
+        if json_path is not None:
+            from derive.verify.command import _write_json
+
+            _write_json(
+                json_path,
+                {
+                    "settings": settings.as_dict(),
+                    "rows": [
+                        {
+                            "method": r["method"].name,
+                            "order": r["order"],
+                            "declared": r["declared"],
+                            "report": r["report"].as_dict(),
+                        }
+                        for r in rows
+                    ],
+                },
+            )
+        return
     rows = measure(settings, set(keys) or None)
     text = table(rows)
     click.echo(text)
