@@ -13,9 +13,9 @@ def _history_lengths(sigmas):
     """Usable history per step: at most ORDER outputs at distinct, decreasing sigmas.
 
     A node is dropped (with everything older) when the step that follows it is shorter than
-    HISTORY_STEP_RATIO times the longest of the current step and the steps kept so far: interpolating through
-    nearly coincident nodes would multiply rounding errors and noise by the inverse of that ratio (a repeated
-    sigma is the limit of this; a zero-length step is measured against the history it keeps).
+    HISTORY_STEP_RATIO times the current step (for a zero-length step: the newest step it keeps): interpolating
+    through nearly coincident nodes would multiply rounding errors and noise by the inverse of that ratio (a
+    repeated sigma is the limit of this).
     """
     lengths = []
     steps = len(sigmas) - 1
@@ -26,7 +26,8 @@ def _history_lengths(sigmas):
             gap = sigmas[i - k] - sigmas[i - k + 1]
             if not gap > 0 or gap < HISTORY_STEP_RATIO * scale:
                 break
-            scale = max(scale, gap)
+            if scale == 0:  # a zero-length step: measure older gaps against the first one it keeps
+                scale = gap
             k += 1
         lengths.append(k)
     return lengths
