@@ -1,13 +1,21 @@
 """``derive.recommend``: one catalogue module per family and dynamics, chosen from measurements made beforehand.
 
-Probability-flow ODE (``dynamics="ode"``): ``benchmarks/schedules.py --select`` ran five candidate modules on
-their derived schedules (:func:`derive.schedules.default`) on two *training* mixtures (4-D and 16-D, unequal
-weights, narrow components; seeds the held-out problems do not use), 80 -> 0.002, NFE 4 .. 100, and summed the
-model calls to reach 1e-2 and 1e-3 in RMS and median error (``benchmarks/schedules_select.json``). The winner,
-``ersde_order3_phi_ode_lambda_pc`` (score 214 against 247 .. 279 for the others), was fixed here before the
-held-out problems of ``benchmarks/schedules.md`` (the 2-D and 8-D mixtures and the trained network) were run.
-No NFE range was better served by another candidate on the training problems at 1e-2 (the smallest budgets
-measured), so one module covers every budget.
+Probability-flow ODE (``dynamics="ode"``): ``benchmarks/schedules.py --select`` ran six candidate modules on
+their model-tuned schedules (:func:`derive.schedules.tune`, a pilot of 64 noise states, the default search
+budget) and on their data-free ones (:func:`derive.schedules.default`) on two *training* mixtures (4-D and
+16-D, unequal weights, narrow components; seeds the held-out problems do not use), 80 -> 0.002, NFE 4 .. 100,
+and summed the model calls to reach 1e-2, 1e-3 and 1e-4 in RMS and median error
+(``benchmarks/schedules_select.json``; a target not reached within 100 calls counts 150). The winners were
+fixed here before the held-out problems of ``benchmarks/schedules.md`` (the 2-D and 8-D mixtures and the
+trained network) were run:
+
+- tuned (``schedule="tune"``, the default): ``ersde_order3_phi_ode_am``, score 338 against 359 for
+  ``ersde_order3_phi_ode_lambda_pc``, 363 for ``ersde_order3_phi_ode_pc``, 388 for order-2 pc, 482 for
+  order 4 and 627 for order 3;
+- data-free (``schedule="default"``): ``ersde_order3_phi_ode_lambda_pc``, score 494 against 589 .. 718.
+
+No NFE range was served clearly better by another candidate on the training problems, so one module per mode
+covers every budget.
 
 Stochastic dynamics (``"sde"``, ``"er"``): not selected by that protocol. The modules named are those with the
 fewest model calls to 1e-2 .. 1e-4 weak error in the stochastic part of ``benchmarks/accuracy.md`` (Gaussian
@@ -18,19 +26,28 @@ from __future__ import annotations
 
 #: (family, dynamics) -> [(smallest nfe, module name)], the last entry whose nfe <= the budget applies
 RECOMMENDED = {
-    ("ersde", "ode"): [(1, "ersde_order3_phi_ode_lambda_pc")],
+    ("ersde", "ode"): [(1, "ersde_order3_phi_ode_am")],
     ("ersde", "sde"): [(1, "ersde_order3_phi_sde")],
     ("ersde", "er"): [(1, "ersde_order3")],
 }
+#: the same for a data-free schedule, where the selection chose differently
+RECOMMENDED_DATA_FREE = {("ersde", "ode"): [(1, "ersde_order3_phi_ode_lambda_pc")]}
+SCHEDULES = ("tune", "default")
 FAMILIES = sorted({family for family, _ in RECOMMENDED})
 DYNAMICS = sorted({dynamics for _, dynamics in RECOMMENDED})
 
 
-def recommend(nfe: int, family: str = "ersde", dynamics: str = "ode") -> str:
+def recommend(nfe: int, family: str = "ersde", dynamics: str = "ode", *, schedule: str = "tune") -> str:
     """The catalogue module (a name for :func:`derive.load`) recommended for ``nfe`` model calls.
 
-    Use it on its derived schedule: ``derive.schedules.default(derive.load(name), nfe=nfe, ...)``.
+    ``schedule`` says how its levels will be chosen: ``"tune"`` (the default) for
+    ``derive.schedules.tune(derive.load(name), model, x_pilot, nfe=nfe, ...)``, ``"default"`` for the data-free
+    ``derive.schedules.default(derive.load(name), nfe=nfe, ...)``.
     """
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"unknown schedule {schedule!r} for recommend(); choose from: {', '.join(SCHEDULES)}"
+        )
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise ValueError(f"nfe must be a positive integer (got {nfe!r})")
     if family not in FAMILIES:
@@ -38,7 +55,8 @@ def recommend(nfe: int, family: str = "ersde", dynamics: str = "ode") -> str:
     if (family, dynamics) not in RECOMMENDED:
         raise ValueError(f"unknown dynamics {dynamics!r} for recommend(); choose from: {', '.join(DYNAMICS)}")
     name = None
-    for start, module in RECOMMENDED[(family, dynamics)]:
+    table = RECOMMENDED_DATA_FREE if schedule == "default" else RECOMMENDED
+    for start, module in table.get((family, dynamics), RECOMMENDED[(family, dynamics)]):
         if nfe >= start:
             name = module
     return name

@@ -9,10 +9,12 @@ to pass to the module's ``sample`` (which then calls the model exactly ``nfe`` t
     s = derive.schedules.default(mod, nfe=10, sigma_max=80.0, sigma_min=0.002)
     out = mod.sample(model, x, s)
 
-The levels minimise the predicted global error: the derived leading local error kernel of every step
+The data-free levels minimise the predicted global error: the derived leading local error kernel of every step
 (:mod:`derive.schedules.error_model`, the module's own derivation) times a smoothness profile of the
 prediction along the trajectory (:mod:`derive.schedules.profile`), summed over the steps the module takes,
-its low-order start included (:mod:`derive.schedules.optimize`).
+its low-order start included (:mod:`derive.schedules.optimize`). The model-tuned levels start from the same
+prediction with a measured profile, and are then refined on the error the module really makes on the pilot
+batch (:mod:`derive.schedules.search`), where the leading term no longer describes long steps.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from derive.methods import METHODS
+from derive.schedules import search
 from derive.schedules.error_model import module_error_spec
 from derive.schedules.optimize import ErrorModel, optimise
 from derive.schedules.profile import Profile, derivative_tables, gaussian_proxy, measured
@@ -129,35 +132,41 @@ def predicted_error(module, sigmas, *, sigma_data: float = 0.5, profile: Profile
         return float(model.predict(s))
 
 
-#: pilot grid: this many steps uniform in log s from sigma_max to sigma_min
+#: pilot grid: this many steps of the module's own derived schedule from sigma_max to sigma_min (the reference)
 PILOT_STEPS = 200
 #: random projections per pilot point kept in the profile
 PROJECTIONS = 2
 
 
-def pilot_profile(
-    module, model, x_pilot, sigma_max: float, sigma_min: float, *, steps: int = PILOT_STEPS, extra_args=None
-) -> tuple[Profile, dict]:
-    """Run ``model`` on a fine log-uniform schedule and measure the profile (one-time cost, returned).
-
-    The batch is ``x_pilot`` and a copy perturbed by 1e-4 of its RMS, run together (one model call per level
-    on twice the batch): the predictions along the trajectories give the derivatives, the perturbation's
-    growth the factor G. The pilot integrates with the module itself (its own order on ``steps`` levels).
-    """
-    phi, form, variable, method = module_error_spec(module)
+def _check_pilot(x_pilot) -> torch.Tensor:
     x = torch.as_tensor(x_pilot)
     if x.ndim < 1 or x.shape[0] < 1:
         raise ValueError("x_pilot must be a batch of starting states (first dimension = batch)")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x_pilot must be finite")
+    return x
+
+
+def pilot_profile(
+    module, model, x_pilot, sigma_max: float, sigma_min: float, *, steps: int = PILOT_STEPS, extra_args=None
+) -> tuple[Profile, dict, torch.Tensor]:
+    """Run ``model`` on a fine schedule: the profile, the cost, and the reference end states of ``x_pilot``.
+
+    The batch is ``x_pilot`` and a copy perturbed by 1e-4 of its RMS, run together (one model call per level
+    on twice the batch) with the module itself on its derived schedule for ``steps`` calls (full order, graded
+    start): the predictions along the trajectories give the derivatives, the perturbation's growth the factor
+    G, the unperturbed end states the reference. A second run on half the levels estimates the reference's
+    error (``cost["reference_error"]``, RMS, from the module's order).
+    """
+    phi, form, variable, method = module_error_spec(module)
+    x = _check_pilot(x_pilot)
     batch = x.shape[0]
     gen = torch.Generator().manual_seed(0)
     direction = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
     eps = 1e-4 * float(x.double().pow(2).mean().sqrt())
     both = torch.cat([x, x + eps * direction])
-    log_s = np.linspace(math.log(sigma_max), math.log(sigma_min), steps + 1)
-    fine = torch.tensor(np.exp(log_s), dtype=torch.float64)
-    fine[0], fine[-1] = sigma_max, sigma_min
+    fine = default(module, steps, sigma_max, sigma_min)
+    log_s = np.log(fine.numpy())
     seen: dict[int, tuple] = {}
     calls = 0
 
@@ -171,7 +180,15 @@ def pilot_profile(
 
     start = time.perf_counter()
     final = module.sample(counted, both, fine, extra_args=extra_args, callback=keep)
+    coarse = module.sample(
+        counted, x, default(module, max(steps // 2, 1), sigma_max, sigma_min), extra_args=extra_args
+    )
     seconds = time.perf_counter() - start
+    reference = final[:batch].detach().double().cpu()
+    order = _max_order(module)
+    reference_error = float((coarse.detach().double().cpu() - reference).pow(2).mean().sqrt()) / (
+        2**order - 1
+    )
     ys = [seen[i][0] for i in range(steps)] + [final.detach().double().cpu()]
     x0s = [seen[i][1] for i in range(steps)]
     # the prediction at the last level, from the module's own model call convention
@@ -189,17 +206,38 @@ def pilot_profile(
     dirs = torch.randn(flat.shape[-1], PROJECTIONS, generator=gen, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True) * math.sqrt(flat.shape[-1] / PROJECTIONS)
     values = torch.einsum("gpd,dr->gpr", flat, dirs).reshape(steps + 1, -1).numpy()
-    derivs = derivative_tables(log_s, values, variable, _max_order(module))
+    derivs = derivative_tables(log_s, values, variable, order)
     delta = (ys[:, batch:] - ys[:, :batch]).reshape(steps + 1, batch, -1).norm(dim=-1).numpy()
     growth = np.repeat(delta[-1][None, :] / np.maximum(delta, 1e-300), PROJECTIONS, axis=1)
-    profile = measured(log_s, derivs, growth, _max_order(module), form, variable, sigma_min)
-    cost = {"model_calls": calls, "batch": 2 * batch, "seconds": seconds, "pilot_steps": steps}
-    return profile, cost
+    profile = measured(log_s, derivs, growth, order, form, variable, sigma_min)
+    cost = {
+        "model_calls": calls,
+        "batch": 2 * batch,
+        "seconds": seconds,
+        "pilot_steps": steps,
+        "reference_error": reference_error,
+    }
+    return profile, cost, reference
 
 
 def _pilot_digest(x_pilot) -> str:
     data = torch.as_tensor(x_pilot).detach().double().cpu().contiguous().numpy().tobytes()
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+#: the reference end states are kept in the cache file when they have at most this many numbers
+CACHED_REFERENCE_SIZE = 1 << 16
+
+
+def _standard_starts(nfe: int, sigma_max: float, sigma_min: float) -> dict[str, np.ndarray]:
+    """The two schedules users start from: uniform in log-SNR, and Karras et al.'s rho = 7."""
+    log_uniform = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), nfe + 1))
+    ramp = np.linspace(0.0, 1.0, nfe + 1)
+    rho = 7.0
+    karras = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    for levels in (log_uniform, karras):
+        levels[0], levels[-1] = sigma_max, sigma_min
+    return {"log_snr": log_uniform, "karras": karras}
 
 
 def tune(
@@ -213,27 +251,43 @@ def tune(
     cache=None,
     extra_args=None,
     pilot_steps: int = PILOT_STEPS,
+    evaluations: int = search.EVALUATIONS,
     report: dict | None = None,
 ) -> torch.Tensor:
-    """Model-tuned schedule: the profile measured by a pilot run of ``model`` from ``x_pilot`` (at sigma_max).
+    """Model-tuned schedule: derived from a pilot run of ``model`` from ``x_pilot`` (at sigma_max), then refined
+    on the measured error of the pilot batch.
 
-    ``x_pilot`` is a small batch of starting states at ``sigma_max`` (e.g. 16 of the model's shape).
+    ``x_pilot`` is a small batch of starting states at ``sigma_max`` (e.g. 16 of the model's shape). The pilot
+    (:func:`pilot_profile`) gives the measured profile and a reference solve; the candidates -- the derived
+    schedules of the measured and of the data-free profile, log-SNR-uniform and Karras -- are run from the
+    pilot states, and the best is refined (:func:`derive.schedules.search.refine`) within ``evaluations``
+    schedule evaluations of ``nfe`` model calls each (the four candidates are always measured;
+    ``evaluations=0`` skips the search and returns the derived schedule of the measured profile).
+
     ``cache`` (a path to a ``.json`` file, e.g. next to the model's weights) stores the measured profile and
-    the schedules computed from it: a later call with the same module, range and pilot batch reuses it (no
-    model call). The pilot's cost (model calls, batch, seconds) is written to the cache and, if ``report``
-    is a dict, into it (``report["pilot"]``; ``report["cached"]`` says whether the pilot was skipped).
+    the schedules computed from it (per ``nfe`` and ``evaluations``): a later call with the same module, range
+    and pilot batch reuses them (no model call; a new ``nfe`` needs the reference, which the file keeps when it
+    is small, else the pilot is run again). The costs (model calls, batch, seconds of the pilot and of the search) are written to the cache
+    and, if ``report`` is a dict, into it (``report["pilot"]``, ``report["search"]``; ``report["cached"]``
+    says whether the pilot was skipped).
     """
     nfe, sigma_max, sigma_min = _check_args(nfe, sigma_max, sigma_min)
     module_error_spec(module)
     if not callable(model):
         raise TypeError("model must be callable as model(x, sigma)")
+    if isinstance(evaluations, bool) or not isinstance(evaluations, (int, np.integer)) or evaluations < 0:
+        raise ValueError(f"evaluations must be a non-negative integer (got {evaluations!r})")
+    if isinstance(pilot_steps, bool) or not isinstance(pilot_steps, (int, np.integer)) or pilot_steps < 2:
+        raise ValueError(f"pilot_steps must be an integer >= 2 (got {pilot_steps!r})")
+    x = _check_pilot(x_pilot)
     key = {
         "spec_hash": getattr(module, "SPEC_HASH", None),
         "sigma_max": sigma_max,
         "sigma_min": sigma_min,
-        "pilot": _pilot_digest(x_pilot),
+        "pilot": _pilot_digest(x),
         "pilot_steps": int(pilot_steps),
     }
+    entry = f"{nfe}/{int(evaluations)}"  # the budget and the search budget
     path = pathlib.Path(cache).expanduser() if cache is not None else None
     stored = None
     if path is not None and path.is_file():
@@ -243,20 +297,35 @@ def tune(
             stored = None
         if not isinstance(stored, dict) or stored.get("key") != key:
             stored = None
-    if stored is None:
-        profile, cost = pilot_profile(
-            module, model, x_pilot, sigma_max, sigma_min, steps=pilot_steps, extra_args=extra_args
+    cached = stored is not None
+    reference = None
+    if stored is not None and entry in stored["schedules"]:
+        s = torch.tensor(stored["schedules"][entry], dtype=torch.float64)
+    else:
+        if stored is not None and stored.get("reference") is not None:
+            profile = Profile.from_dict(stored["profile"])
+            reference = torch.tensor(stored["reference"], dtype=torch.float64).reshape(x.shape)
+        else:
+            profile, cost, reference = pilot_profile(
+                module, model, x, sigma_max, sigma_min, steps=pilot_steps, extra_args=extra_args
+            )
+            small = reference.numel() <= CACHED_REFERENCE_SIZE
+            schedules = stored["schedules"] if stored is not None else {}
+            searches = stored.get("search", {}) if stored is not None else {}
+            stored = {
+                "key": key,
+                "pilot": cost,
+                "profile": profile.as_dict(),
+                "reference": reference.reshape(-1).tolist() if small else None,
+                "schedules": schedules,
+                "search": searches,
+            }
+            cached = False
+        s, info = _refined(
+            module, model, x, reference, profile, nfe, sigma_max, sigma_min, evaluations, extra_args
         )
-        stored = {"key": key, "pilot": cost, "profile": profile.as_dict(), "schedules": {}}
-        cached = False
-    else:
-        profile = Profile.from_dict(stored["profile"])
-        cached = True
-    if str(nfe) in stored["schedules"]:
-        s = torch.tensor(stored["schedules"][str(nfe)], dtype=torch.float64)
-    else:
-        s, _ = _schedule(module, profile, nfe, sigma_max, sigma_min)
-        stored["schedules"][str(nfe)] = s.tolist()
+        stored["schedules"][entry] = s.tolist()
+        stored.setdefault("search", {})[entry] = info
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(path.suffix + ".part")
@@ -264,5 +333,39 @@ def tune(
             tmp.replace(path)
     if report is not None:
         report["pilot"] = dict(stored["pilot"])
+        report["search"] = dict(stored.get("search", {}).get(entry, {}))
         report["cached"] = cached
     return s
+
+
+def _refined(module, model, x, reference, profile, nfe, sigma_max, sigma_min, evaluations, extra_args):
+    calls = 0
+
+    def counted(y, sigma, **kw):
+        nonlocal calls
+        calls += 1
+        return model(y, sigma, **kw)
+
+    def evaluate(levels):
+        with torch.no_grad():
+            out = module.sample(
+                counted, x, _finish(torch.tensor(levels), sigma_max, sigma_min), extra_args=extra_args
+            )
+        return search.errors(out, reference)
+
+    starts = {
+        "derived (measured profile)": _schedule(module, profile, nfe, sigma_max, sigma_min)[0].numpy(),
+        "derived (data-free)": default(module, nfe, sigma_max, sigma_min).numpy(),
+        **_standard_starts(nfe, sigma_max, sigma_min),
+    }
+    start = time.perf_counter()
+    if evaluations == 0:
+        levels, info = (
+            starts["derived (measured profile)"],
+            {"evaluations": 0, "start": "derived (measured profile)"},
+        )
+    else:
+        levels, info = search.refine(evaluate, starts, _max_order(module), evaluations=evaluations)
+    s = _finish(torch.tensor(levels), sigma_max, sigma_min)
+    info.update({"model_calls": calls, "batch": int(x.shape[0]), "seconds": time.perf_counter() - start})
+    return s, info

@@ -32,7 +32,7 @@ from derive.errors import SpecError
 def schedule(module_name, nfe, sigma_max, sigma_min, sigma_data, dynamics, indent) -> None:
     """Print the derived schedule of a module for NFE model calls as JSON.
 
-    Without --module the recommended module (``derive.recommend``) is used and named in the output. The levels
+    Without --module the module recommended for a data-free schedule (``derive.recommend``) is used and named in the output. The levels
     are normalized noise levels sigma / alpha, decreasing from sigma_max to sigma_min; pass them as ``sigmas``
     to the module's ``sample`` (exactly NFE model calls).
     """
@@ -40,7 +40,7 @@ def schedule(module_name, nfe, sigma_max, sigma_min, sigma_data, dynamics, inden
     from derive.schedules import default, predicted_error
 
     try:
-        name = module_name or derive.recommend(nfe=nfe, family="ersde", dynamics=dynamics)
+        name = module_name or derive.recommend(nfe=nfe, family="ersde", dynamics=dynamics, schedule="default")
         module = derive.load(name)
         s = default(module, nfe=nfe, sigma_max=sigma_max, sigma_min=sigma_min, sigma_data=sigma_data)
         predicted = predicted_error(module, s, sigma_data=sigma_data)

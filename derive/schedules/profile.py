@@ -74,9 +74,15 @@ class Profile:
             deriv = _gaussian_derivative(self.form, self.variable, k)(s[None, :], tau)
             growth = torch.sqrt((tau**2 + self.sigma_min**2) / (tau**2 + s[None, :] ** 2))
             return deriv * growth
+        grid, tables = self._tensors
+        return _interp(torch.log(s), grid, tables[k - 1])
+
+    @functools.cached_property
+    def _tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The measured grid and tables as tensors (built once: (max_order, members, grid))."""
         grid = torch.tensor(self.log_s, dtype=torch.float64)
-        table = torch.tensor([member[k - 1] for member in self.log_table], dtype=torch.float64)
-        return _interp(torch.log(s), grid, table)
+        tables = torch.tensor(self.log_table, dtype=torch.float64).transpose(0, 1)
+        return grid, tables
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
