@@ -1,4 +1,4 @@
-"""Model calls to reach an error target: derived schedules against diffusers' multistep solvers.
+"""Model calls to reach an error target: tuned and derived schedules against diffusers' multistep solvers.
 
 Problems (probability-flow ODE from sigma_max = 80 to sigma_min = 0.002, normalized coordinates, float64):
 
@@ -11,15 +11,19 @@ The error is the RMS over points and coordinates, and the median over points of 
 ``y - y_ref`` at sigma_min. For every solver and schedule the errors on a grid of NFE are interpolated
 (log-log, between the grid points that bracket the target) to the NFE that reaches 1e-2, 1e-3, 1e-4.
 
+Ours: the recommended module on its model-tuned schedule (``derive.schedules.tune``: a pilot of 64 pure-noise
+states at sigma_max, a seed apart from the evaluation points, the default search budget; its model calls are
+recorded in the JSON), and the module recommended for data-free use on ``derive.schedules.default``.
+
 Peers: diffusers' DPM++ 2M, DPM++ 3M, UniPC bh2 3 and DEIS 3 (classes unmodified, driven as in
 benchmarks/accuracy.py) on Karras (rho = 7), log-SNR-uniform and time-uniform (VP linear beta 0.1 .. 20,
-DPM-Solver's "time uniform") schedules, and on our derived schedule (the schedule's gain apart from the solver's).
+DPM-Solver's "time uniform") schedules, and on our tuned schedule (the schedule's gain apart from the solver's).
 
-Protocol for ``derive.recommend`` (no hindsight): ``--select`` runs the candidate modules on their derived
-schedules on *training* mixtures (seeds 101, 102: 4-D and 16-D, other weights and widths) only and writes
-``schedules_select.json``; the recommendation is fixed from that file before the held-out problems above
-are run (``--heldout``). The candidate with the fewest summed model calls to 1e-2 and 1e-3 (RMS and median,
-over the training problems) wins.
+Protocol for ``derive.recommend`` (no hindsight): ``--select`` runs the candidate modules on their tuned and
+data-free schedules on *training* mixtures (seeds 101, 102: 4-D and 16-D, other weights and widths) only and
+writes ``schedules_select.json``; the recommendation is fixed from that file before the held-out problems above
+are run (``--heldout``). The candidate with the fewest summed model calls to 1e-2, 1e-3 and 1e-4 (RMS and
+median, over the training problems) wins, per schedule mode.
 
     .venv/bin/python benchmarks/schedules.py --select     # training problems, a few minutes
     .venv/bin/python benchmarks/schedules.py --heldout    # the table and plot (minutes)
@@ -31,6 +35,7 @@ import argparse
 import math
 import pathlib
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -51,10 +56,14 @@ CANDIDATES = (
     "ersde_order2_phi_ode_pc",
     "ersde_order3_phi_ode",
     "ersde_order3_phi_ode_pc",
-    "ersde_order4_phi_ode",
+    "ersde_order3_phi_ode_am",
     "ersde_order3_phi_ode_lambda_pc",
+    "ersde_order4_phi_ode",
 )
 BETA_MIN, BETA_MAX = 0.1, 20.0
+#: the pilot batch of derive.schedules.tune (pure noise at sigma_max, a seed apart from the evaluation points)
+PILOT_POINTS = 64
+CACHE = pathlib.Path(tempfile.gettempdir()) / "derive-schedules-benchmark"
 
 
 def time_uniform_sigmas(n: int, sigma_min: float, sigma_max: float) -> np.ndarray:
@@ -203,7 +212,20 @@ def derived(name: str, n: int) -> np.ndarray:
     return _SCHEDULES[(name, n)]
 
 
-def run_problem(den_torch, den_np, data, n_points: int, ours, peer_schedule_module, nfes, seed=0) -> dict:
+def run_problem(
+    den_torch,
+    den_np,
+    data,
+    n_points: int,
+    ours,
+    peer_schedule_module,
+    nfes,
+    *,
+    label: str,
+    tuned: bool = True,
+    peers: bool = True,
+    seed=0,
+) -> dict:
     rng = np.random.default_rng(seed)
     y0_np = data.sample_np(n_points, rng) + SIGMA_MAX * rng.standard_normal((n_points, data.d))
     t0 = time.perf_counter()
@@ -211,15 +233,44 @@ def run_problem(den_torch, den_np, data, n_points: int, ours, peer_schedule_modu
     ref_seconds = time.perf_counter() - t0
     y0 = torch.tensor(y0_np)
     rows = {}
+    # the pilot batch of the tuned schedules: starting states a user can draw (pure noise at sigma_max), not
+    # the evaluation points
+    x_pilot = SIGMA_MAX * torch.randn(
+        PILOT_POINTS, data.d, generator=torch.Generator().manual_seed(seed + 1000), dtype=torch.float64
+    )
+    tuning, tuned_levels = {}, {}
     for name in ours:
         module = derive.load(name)
         rows[f"{name} derived"] = {
             n: errors(module.sample(den_torch, y0, torch.tensor(derived(name, n))).numpy(), ref) for n in nfes
         }
         print(f"  {name} derived", flush=True)
-    for peer in PEERS:
+        if not tuned:
+            continue
+        row, costs = {}, {}
+        cache = CACHE / f"{label}_{name}.json"
+        cache.unlink(missing_ok=True)
+        for n in nfes:
+            report: dict = {}
+            s = derive.schedules.tune(
+                module,
+                den_torch,
+                x_pilot,
+                nfe=n,
+                sigma_max=SIGMA_MAX,
+                sigma_min=SIGMA_MIN,
+                cache=cache,
+                report=report,
+            )
+            tuned_levels.setdefault(name, {})[n] = s.numpy()
+            row[n] = errors(module.sample(den_torch, y0, s).numpy(), ref)
+            costs[n] = {"search": report["search"], "pilot_cached": report["cached"]}
+        rows[f"{name} tuned"] = row
+        tuning[name] = {"pilot": report["pilot"], "per_nfe": costs}
+        print(f"  {name} tuned", flush=True)
+    for peer in PEERS if peers else ():
         kind, options = acc.DET_PEERS[peer]
-        schedules = {**STANDARD, "derived": lambda n: derived(peer_schedule_module, n)}
+        schedules = {**STANDARD, "tuned": lambda n: tuned_levels[peer_schedule_module][n]}
         for sname, make in schedules.items():
             row = {}
             for n in nfes:
@@ -242,6 +293,7 @@ def run_problem(den_torch, den_np, data, n_points: int, ours, peer_schedule_modu
         "errors": {label: {str(n): e for n, e in row.items()} for label, row in rows.items()},
         "reach": reach,
         "reference_seconds": ref_seconds,
+        "tuning": tuning,
     }
 
 
@@ -250,43 +302,66 @@ def select(args) -> dict:
     for pname, mix in mixture_problems("train").items():
         print(pname, flush=True)
         out[pname] = run_problem(
-            mix.denoiser_torch, mix.denoiser_np, mix, args.points, CANDIDATES, CANDIDATES[0], NFES
+            mix.denoiser_torch,
+            mix.denoiser_np,
+            mix,
+            args.points,
+            CANDIDATES,
+            CANDIDATES[0],
+            NFES,
+            label=pname,
+            peers=False,
         )
-    score = {}
-    for name in CANDIDATES:
-        total = 0.0
-        for res in out.values():
-            for metric in ("rms", "median"):
-                for t in ("0.01", "0.001"):
-                    v = res["reach"][f"{name} derived"][metric][t]
-                    total += max(NFES) * 1.5 if v is None else v
-        score[name] = total
-    return {"problems": out, "score": score, "chosen": min(score, key=score.get)}
+    return {"problems": out, **selection(out)}
 
 
-def heldout(args, chosen: str) -> dict:
+def selection(problems: dict) -> dict:
+    """Per schedule mode, the summed model calls to every target (a target missed within the grid counts 1.5x
+    the largest NFE) and the candidate with the fewest."""
     out = {}
-    ours = sorted({chosen, *args.also})
+    for mode, row in (("tune", "tuned"), ("default", "derived")):
+        score = {}
+        for name in CANDIDATES:
+            total = 0.0
+            for res in problems.values():
+                for metric in ("rms", "median"):
+                    for t in map(str, TARGETS):
+                        v = res["reach"][f"{name} {row}"][metric][t]
+                        total += max(NFES) * 1.5 if v is None else v
+            score[name] = total
+        out[mode] = {"score": score, "chosen": min(score, key=score.get)}
+    return out
+
+
+def heldout(args, chosen: str, free: str) -> dict:
+    out = {}
+    ours = sorted({chosen, free, *args.also})
     for pname, mix in mixture_problems("heldout").items():
         print(pname, flush=True)
-        out[pname] = run_problem(mix.denoiser_torch, mix.denoiser_np, mix, args.points, ours, chosen, NFES)
+        out[pname] = run_problem(
+            mix.denoiser_torch, mix.denoiser_np, mix, args.points, ours, chosen, NFES, label=pname
+        )
     den_torch, den_np, data, seconds = network_problem(args.train_steps)
     print(f"net trained in {seconds:.1f} s", flush=True)
-    out["net"] = run_problem(den_torch, den_np, data, args.points, ours, chosen, NFES)
+    out["net"] = run_problem(den_torch, den_np, data, args.points, ours, chosen, NFES, label="net")
     out["net"]["training_seconds"] = seconds
     return out
 
 
-def ratio_table(results: dict, chosen: str) -> tuple[list[str], list[dict]]:
+def ratio_table(results: dict, chosen: str, free: str) -> tuple[list[str], list[dict]]:
     lines = []
     summary = []
-    header = "| problem | metric | target | ours (NFE) | best peer, standard schedule (NFE) | ratio | best peer on our schedule (NFE) |"
-    lines += [header, "|" + "---|" * 7]
+    header = (
+        "| problem | metric | target | ours, tuned (NFE) | best peer, standard schedule (NFE) | ratio | "
+        "ours, data-free (NFE) | best peer on our tuned schedule (NFE) |"
+    )
+    lines += [header, "|" + "---|" * 8]
     for pname, res in results.items():
         for metric in ("rms", "median"):
             for t in TARGETS:
                 key = str(t)
-                mine = res["reach"][f"{chosen} derived"][metric][key]
+                mine = res["reach"][f"{chosen} tuned"][metric][key]
+                free_n = res["reach"][f"{free} derived"][metric][key]
                 std = [
                     (res["reach"][f"{p} {s}"][metric][key], f"{p} {s}")
                     for p in PEERS
@@ -294,9 +369,9 @@ def ratio_table(results: dict, chosen: str) -> tuple[list[str], list[dict]]:
                     if res["reach"][f"{p} {s}"][metric][key] is not None
                 ]
                 ours_sched = [
-                    (res["reach"][f"{p} derived"][metric][key], f"{p}")
+                    (res["reach"][f"{p} tuned"][metric][key], f"{p}")
                     for p in PEERS
-                    if res["reach"][f"{p} derived"][metric][key] is not None
+                    if res["reach"][f"{p} tuned"][metric][key] is not None
                 ]
                 best = min(std) if std else (None, "none within the grid")
                 best_o = min(ours_sched) if ours_sched else (None, "none")
@@ -307,6 +382,7 @@ def ratio_table(results: dict, chosen: str) -> tuple[list[str], list[dict]]:
                         "metric": metric,
                         "target": t,
                         "ours": mine,
+                        "ours_data_free": free_n,
                         "peer": best[0],
                         "peer_name": best[1],
                         "ratio": ratio,
@@ -314,7 +390,7 @@ def ratio_table(results: dict, chosen: str) -> tuple[list[str], list[dict]]:
                 )
                 lines.append(
                     f"| {pname} | {metric} | {t:g} | {fmt_n(mine)} | {fmt_n(best[0])} ({best[1]}) | "
-                    f"{'-' if ratio is None else f'{ratio:.2f}'} | {fmt_n(best_o[0])} ({best_o[1]}) |"
+                    f"{'-' if ratio is None else f'{ratio:.2f}'} | {fmt_n(free_n)} | {fmt_n(best_o[0])} ({best_o[1]}) |"
                 )
     return lines, summary
 
@@ -323,7 +399,7 @@ def fmt_n(v) -> str:
     return "> grid" if v is None else f"{v:.1f}"
 
 
-def plot(results: dict, chosen: str, path: pathlib.Path) -> None:
+def plot(results: dict, chosen: str, free: str, path: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,8 +412,12 @@ def plot(results: dict, chosen: str, path: pathlib.Path) -> None:
                 continue
             ns = [int(n) for n, e in row.items() if e["rms"] is not None]
             es = [row[str(n)]["rms"] for n in ns]
-            style = dict(lw=2.5, color="k") if label == f"{chosen} derived" else dict(lw=0.8, alpha=0.7)
-            if "derived" in label and label != f"{chosen} derived":
+            style = dict(lw=0.8, alpha=0.7)
+            if label == f"{chosen} tuned":
+                style = dict(lw=2.5, color="k")
+            elif label == f"{free} derived":
+                style = dict(lw=1.8, color="k", ls=":")
+            elif "derived" in label or "tuned" in label:
                 style["ls"] = "--"
             ax.loglog(ns, es, label=label, **style)
         for t in TARGETS:
@@ -370,23 +450,26 @@ def main() -> None:
     if args.select:
         res = select(args)
         write_json(HERE / "schedules_select.json", {"command": command_line(), "machine": machine(), **res})
-        print("score", res["score"], "chosen", res["chosen"])
+        for mode in ("tune", "default"):
+            print(mode, "score", res[mode]["score"], "chosen", res[mode]["chosen"])
     if args.heldout:
         chosen = derive.recommend(nfe=20, family="ersde", dynamics="ode")
-        res = heldout(args, chosen)
-        lines, summary = ratio_table(res, chosen)
+        free = derive.recommend(nfe=20, family="ersde", dynamics="ode", schedule="default")
+        res = heldout(args, chosen, free)
+        lines, summary = ratio_table(res, chosen, free)
         write_json(
             HERE / "schedules.json",
             {
                 "command": command_line(),
                 "machine": machine(),
                 "chosen": chosen,
+                "chosen_data_free": free,
                 "results": res,
                 "summary": summary,
             },
         )
         (HERE / "schedules_table.md").write_text("\n".join(lines) + "\n")
-        plot(res, chosen, HERE / "schedules.png")
+        plot(res, chosen, free, HERE / "schedules.png")
         print("\n".join(lines))
 
 

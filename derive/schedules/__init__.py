@@ -138,6 +138,17 @@ PILOT_STEPS = 200
 PROJECTIONS = 2
 
 
+class _Counted:
+    """``model`` with a count of its calls (every call of the pilot and of the search is reported)."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, y, sigma, **kw):
+        self.calls += 1
+        return self.model(y, sigma, **kw)
+
+
 def _check_pilot(x_pilot) -> torch.Tensor:
     x = torch.as_tensor(x_pilot)
     if x.ndim < 1 or x.shape[0] < 1:
@@ -168,12 +179,7 @@ def pilot_profile(
     fine = default(module, steps, sigma_max, sigma_min)
     log_s = np.log(fine.numpy())
     seen: dict[int, tuple] = {}
-    calls = 0
-
-    def counted(y, sigma, **kw):
-        nonlocal calls
-        calls += 1
-        return model(y, sigma, **kw)
+    counted = _Counted(model)
 
     def keep(info):
         seen[info["i"]] = (info["x"].detach().double().cpu(), info["denoised"].detach().double().cpu())
@@ -193,12 +199,11 @@ def pilot_profile(
     x0s = [seen[i][1] for i in range(steps)]
     # the prediction at the last level, from the module's own model call convention
     x0s.append(
-        model(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {}))
+        counted(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {}))
         .detach()
         .double()
         .cpu()
     )
-    calls += 1
     ys, x0s = torch.stack(ys), torch.stack(x0s)
     q = x0s if form == "data" else (ys - x0s) / fine[:, None].reshape(-1, *([1] * (ys.ndim - 1)))
     flat = q[:, :batch].reshape(steps + 1, batch, -1)
@@ -211,7 +216,7 @@ def pilot_profile(
     growth = np.repeat(delta[-1][None, :] / np.maximum(delta, 1e-300), PROJECTIONS, axis=1)
     profile = measured(log_s, derivs, growth, order, form, variable, sigma_min)
     cost = {
-        "model_calls": calls,
+        "model_calls": counted.calls,
         "batch": 2 * batch,
         "seconds": seconds,
         "pilot_steps": steps,
@@ -339,12 +344,7 @@ def tune(
 
 
 def _refined(module, model, x, reference, profile, nfe, sigma_max, sigma_min, evaluations, extra_args):
-    calls = 0
-
-    def counted(y, sigma, **kw):
-        nonlocal calls
-        calls += 1
-        return model(y, sigma, **kw)
+    counted = _Counted(model)
 
     def evaluate(levels):
         with torch.no_grad():
@@ -367,5 +367,7 @@ def _refined(module, model, x, reference, profile, nfe, sigma_max, sigma_min, ev
     else:
         levels, info = search.refine(evaluate, starts, _max_order(module), evaluations=evaluations)
     s = _finish(torch.tensor(levels), sigma_max, sigma_min)
-    info.update({"model_calls": calls, "batch": int(x.shape[0]), "seconds": time.perf_counter() - start})
+    info.update(
+        {"model_calls": counted.calls, "batch": int(x.shape[0]), "seconds": time.perf_counter() - start}
+    )
     return s, info
