@@ -132,8 +132,12 @@ def predicted_error(module, sigmas, *, sigma_data: float = 0.5, profile: Profile
         return float(model.predict(s))
 
 
-#: pilot grid: this many steps of the module's own derived schedule from sigma_max to sigma_min (the reference)
+#: pilot grid: at first this many steps of the module's own derived schedule from sigma_max to sigma_min
 PILOT_STEPS = 200
+#: the pilot doubles its levels until the reference's estimated error is below this share of its RMS ...
+REFERENCE_TOLERANCE = 1e-6
+#: ... or this many levels are reached
+MAX_PILOT_STEPS = 1600
 #: random projections per pilot point kept in the profile
 PROJECTIONS = 2
 
@@ -166,8 +170,10 @@ def pilot_profile(
     The batch is ``x_pilot`` and a copy perturbed by 1e-4 of its RMS, run together (one model call per level
     on twice the batch) with the module itself on its derived schedule for ``steps`` calls (full order, graded
     start): the predictions along the trajectories give the derivatives, the perturbation's growth the factor
-    G, the unperturbed end states the reference. A second run on half the levels estimates the reference's
-    error (``cost["reference_error"]``, RMS, from the module's order).
+    G, the unperturbed end states the reference. A run on half the levels estimates the reference's error
+    from the module's order; while it is above :data:`REFERENCE_TOLERANCE` of the end states' RMS the levels
+    are doubled (up to :data:`MAX_PILOT_STEPS`; the previous run becomes the estimate's coarse run).
+    ``cost["reference_error"]`` is the final estimate (RMS), ``cost["pilot_steps"]`` the levels used.
     """
     phi, form, variable, method = module_error_spec(module)
     x = _check_pilot(x_pilot)
@@ -176,44 +182,51 @@ def pilot_profile(
     direction = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
     eps = 1e-4 * float(x.double().pow(2).mean().sqrt())
     both = torch.cat([x, x + eps * direction])
-    fine = default(module, steps, sigma_max, sigma_min)
-    log_s = np.log(fine.numpy())
-    seen: dict[int, tuple] = {}
     counted = _Counted(model)
+    order = _max_order(module)
+    # each point seen along PROJECTIONS fixed random unit directions (the error's square norm, on average);
+    # per level only these projections and the perturbation's size are kept (not the states)
+    dims = x[0].numel()
+    dirs = torch.randn(dims, PROJECTIONS, generator=gen, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True) * math.sqrt(dims / PROJECTIONS)
+    seen: dict[int, tuple] = {}
+
+    def project(y, x0, level):
+        y = y.detach().double().cpu().reshape(2 * batch, -1)
+        x0 = x0.detach().double().cpu().reshape(2 * batch, -1)
+        q = x0 if form == "data" else (y - x0) / level
+        return (q[:batch] @ dirs).reshape(-1).numpy(), (y[batch:] - y[:batch]).norm(dim=-1).numpy()
 
     def keep(info):
-        seen[info["i"]] = (info["x"].detach().double().cpu(), info["denoised"].detach().double().cpu())
+        seen[info["i"]] = project(info["x"], info["denoised"], float(fine[info["i"]]))
 
     start = time.perf_counter()
-    final = module.sample(counted, both, fine, extra_args=extra_args, callback=keep)
     coarse = module.sample(
         counted, x, default(module, max(steps // 2, 1), sigma_max, sigma_min), extra_args=extra_args
     )
+    coarse = coarse.detach().double().cpu()
+    while True:
+        seen.clear()
+        fine = default(module, steps, sigma_max, sigma_min)
+        final = module.sample(counted, both, fine, extra_args=extra_args, callback=keep)
+        reference = final[:batch].detach().double().cpu()
+        reference_error = float((coarse - reference).pow(2).mean().sqrt()) / (2**order - 1)
+        scale = float(reference.pow(2).mean().sqrt())
+        if reference_error <= REFERENCE_TOLERANCE * scale or 2 * steps > MAX_PILOT_STEPS:
+            break
+        coarse, steps = reference, 2 * steps
     seconds = time.perf_counter() - start
-    reference = final[:batch].detach().double().cpu()
-    order = _max_order(module)
-    reference_error = float((coarse.detach().double().cpu() - reference).pow(2).mean().sqrt()) / (
-        2**order - 1
-    )
-    ys = [seen[i][0] for i in range(steps)] + [final.detach().double().cpu()]
-    x0s = [seen[i][1] for i in range(steps)]
+    log_s = np.log(fine.numpy())
     # the prediction at the last level, from the module's own model call convention
-    x0s.append(
-        counted(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {}))
-        .detach()
-        .double()
-        .cpu()
-    )
-    ys, x0s = torch.stack(ys), torch.stack(x0s)
-    q = x0s if form == "data" else (ys - x0s) / fine[:, None].reshape(-1, *([1] * (ys.ndim - 1)))
-    flat = q[:, :batch].reshape(steps + 1, batch, -1)
-    # each point seen along PROJECTIONS fixed random unit directions (the error's square norm, on average)
-    dirs = torch.randn(flat.shape[-1], PROJECTIONS, generator=gen, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True) * math.sqrt(flat.shape[-1] / PROJECTIONS)
-    values = torch.einsum("gpd,dr->gpr", flat, dirs).reshape(steps + 1, -1).numpy()
+    last = counted(final, fine[-1] * final.new_ones([final.shape[0]]), **(extra_args or {}))
+    seen[steps] = project(final, last, float(fine[-1]))
+    values = np.stack([seen[i][0] for i in range(steps + 1)])
+    delta = np.stack([seen[i][1] for i in range(steps + 1)])
     derivs = derivative_tables(log_s, values, variable, order)
-    delta = (ys[:, batch:] - ys[:, :batch]).reshape(steps + 1, batch, -1).norm(dim=-1).numpy()
     growth = np.repeat(delta[-1][None, :] / np.maximum(delta, 1e-300), PROJECTIONS, axis=1)
+    # the profile keeps at most PILOT_STEPS + 1 of the levels (a small cache file, whatever the pilot's length)
+    rows = np.unique(np.round(np.linspace(0, steps, min(steps, PILOT_STEPS) + 1)).astype(int))
+    log_s, derivs, growth = log_s[rows], derivs[:, rows], growth[rows]
     profile = measured(log_s, derivs, growth, order, form, variable, sigma_min)
     cost = {
         "model_calls": counted.calls,
