@@ -132,6 +132,28 @@ def test_tune_is_never_worse_than_its_candidates_on_the_pilot():
     assert value < best_start - math.log(1.5), (rms, median, starts)
 
 
+def test_pilot_reference_meets_its_tolerance_against_the_exact_flow():
+    """The pilot doubles its levels until its estimated error is below REFERENCE_TOLERANCE of the states' RMS;
+    the estimate is checked against the closed-form flow of Gaussian data with one narrow coordinate."""
+    from derive.schedules import MAX_PILOT_STEPS, REFERENCE_TOLERANCE, pilot_profile
+
+    mod = derive.load("ersde_order3_phi_ode_am")
+    data = GaussianData(np.array([0.3, -0.5]), np.array([0.01**2, 0.6**2]))
+    x = SIGMA_MAX * torch.randn(8, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    model = Counted(data)
+    _, cost, reference = pilot_profile(mod, model, x, SIGMA_MAX, SIGMA_MIN)
+    exact = torch.tensor(data.exact_flow(x.numpy(), SIGMA_MAX, SIGMA_MIN))
+    actual = float((reference - exact).pow(2).mean().sqrt())
+    scale = float(exact.pow(2).mean().sqrt())
+    assert cost["pilot_steps"] > 200 and cost["pilot_steps"] <= MAX_PILOT_STEPS  # 200 levels are not enough
+    assert cost["reference_error"] <= REFERENCE_TOLERANCE * scale
+    assert actual <= 3 * cost["reference_error"], (actual, cost)
+    steps = cost["pilot_steps"]
+    # the first estimate on 100 levels, then 200, 400, ... up to the final count, then one final prediction
+    runs = [n for n in (200, 400, 800, 1600) if n <= steps]
+    assert cost["model_calls"] == model.calls == 100 + sum(runs) + 1
+
+
 def test_warp_keeps_endpoints_and_order():
     from derive.schedules.search import KNOTS, warp
 
