@@ -275,7 +275,8 @@ def tune(
     """Model-tuned schedule: derived from a pilot run of ``model`` from ``x_pilot`` (at sigma_max), then refined
     on the measured error of the pilot batch.
 
-    ``x_pilot`` is a small batch of starting states at ``sigma_max`` (e.g. 16 of the model's shape). The pilot
+    ``x_pilot`` is a small batch of starting states at ``sigma_max`` (e.g. 16 of the model's shape; 64 or more
+    when the data has rare modes, which a small pilot misses: ``benchmarks/tune_check.txt``). The pilot
     (:func:`pilot_profile`) gives the measured profile and a reference solve; the candidates -- the derived
     schedules of the measured and of the data-free profile, log-SNR-uniform and Karras -- are run from the
     pilot states, and the best is refined (:func:`derive.schedules.search.refine`) within ``evaluations``
@@ -285,8 +286,8 @@ def tune(
     ``cache`` (a path to a ``.json`` file, e.g. next to the model's weights) stores the measured profile and
     the schedules computed from it (per ``nfe`` and ``evaluations``): a later call with the same module, range
     and pilot batch reuses them (no model call; a new ``nfe`` needs the reference, which the file keeps when it
-    is small, else the pilot is run again). The costs (model calls, batch, seconds of the pilot and of the search) are written to the cache
-    and, if ``report`` is a dict, into it (``report["pilot"]``, ``report["search"]``; ``report["cached"]``
+    is small, else the pilot is run again). The costs (model calls, batch, seconds of the pilot and of the
+    search) are written to the cache and, if ``report`` is a dict, into it (``report["pilot"]``, ``report["search"]``; ``report["cached"]``
     says whether the pilot was skipped).
     """
     nfe, sigma_max, sigma_min = _check_args(nfe, sigma_max, sigma_min)

@@ -101,7 +101,10 @@ def refine(
             levels = warp(base, params, order)
             if not np.all(np.diff(levels) < 0):
                 return math.inf
-            rms, median = evaluate(levels)
+            try:
+                rms, median = evaluate(levels)
+            except ValueError:  # a warped schedule the module refuses (e.g. a step beyond its range)
+                return math.inf
             value = objective_value(rms, median)
             if value < best[0]:
                 best = (value, levels, rms, median)
