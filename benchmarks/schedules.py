@@ -445,6 +445,12 @@ def main() -> None:
     parser.add_argument(
         "--also", nargs="*", default=[], help="further modules to run on their derived schedule"
     )
+    parser.add_argument(
+        "--extra-dim",
+        type=int,
+        default=None,
+        help="also a random mixture of this dimension (seed 777), outside the table: schedules_extra.json",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.select:
@@ -452,6 +458,8 @@ def main() -> None:
         write_json(HERE / "schedules_select.json", {"command": command_line(), "machine": machine(), **res})
         for mode in ("tune", "default"):
             print(mode, "score", res[mode]["score"], "chosen", res[mode]["chosen"])
+    if args.extra_dim:
+        extra(args)
     if args.heldout:
         chosen = derive.recommend(nfe=20, family="ersde", dynamics="ode")
         free = derive.recommend(nfe=20, family="ersde", dynamics="ode", schedule="default")
@@ -471,6 +479,32 @@ def main() -> None:
         (HERE / "schedules_table.md").write_text("\n".join(lines) + "\n")
         plot(res, chosen, free, HERE / "schedules.png")
         print("\n".join(lines))
+
+
+def extra(args) -> None:
+    """One more held-out mixture of a chosen dimension (five components, unequal weights, narrow ones)."""
+    mix = random_mixture(
+        args.extra_dim, 777, [0.5, 0.3, 0.15, 0.04, 0.01], [0.4, 0.1, 0.03, 0.2, 0.05], spread=1.0
+    )
+    chosen = derive.recommend(nfe=20, family="ersde", dynamics="ode")
+    free = derive.recommend(nfe=20, family="ersde", dynamics="ode", schedule="default")
+    name = f"mix{args.extra_dim}"
+    res = run_problem(
+        mix.denoiser_torch,
+        mix.denoiser_np,
+        mix,
+        args.points,
+        sorted({chosen, free}),
+        chosen,
+        NFES,
+        label=name,
+    )
+    lines, summary = ratio_table({name: res}, chosen, free)
+    write_json(
+        HERE / "schedules_extra.json",
+        {"command": command_line(), "machine": machine(), "results": {name: res}, "summary": summary},
+    )
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
