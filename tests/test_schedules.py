@@ -54,17 +54,21 @@ def test_tune_interface_and_cache(tmp_path):
     x_pilot = SIGMA_MAX * torch.randn(8, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     cache = tmp_path / "schedule.json"
     report: dict = {}
-    s = derive.schedules.tune(
-        mod,
-        model,
-        x_pilot,
-        nfe=8,
-        sigma_max=SIGMA_MAX,
-        sigma_min=SIGMA_MIN,
-        cache=cache,
-        report=report,
-        evaluations=20,
-    )
+
+    def tune(nfe, evaluations):
+        return derive.schedules.tune(
+            mod,
+            model,
+            x_pilot,
+            nfe=nfe,
+            sigma_max=SIGMA_MAX,
+            sigma_min=SIGMA_MIN,
+            cache=cache,
+            report=report,
+            evaluations=evaluations,
+        )
+
+    s = tune(8, 20)
     assert s.dtype == torch.float64 and len(s) == 9 and float(s[0]) == SIGMA_MAX and float(s[-1]) == SIGMA_MIN
     assert bool((s[1:] < s[:-1]).all())
     pilot, searched = report["pilot"], report["search"]
@@ -77,31 +81,12 @@ def test_tune_interface_and_cache(tmp_path):
     assert stored["pilot"]["model_calls"] == pilot["model_calls"] and "8/20" in stored["schedules"]
     assert cache.stat().st_size < 200_000  # a small file next to the user's
     calls = model.calls
-    again = derive.schedules.tune(
-        mod,
-        model,
-        x_pilot,
-        nfe=8,
-        sigma_max=SIGMA_MAX,
-        sigma_min=SIGMA_MIN,
-        cache=cache,
-        report=report,
-        evaluations=20,
-    )
+    again = tune(8, 20)
     assert model.calls == calls and report["cached"] is True and torch.equal(again, s)
     # a new budget reuses the cached reference: only the search calls the model
-    other = derive.schedules.tune(
-        mod,
-        model,
-        x_pilot,
-        nfe=5,
-        sigma_max=SIGMA_MAX,
-        sigma_min=SIGMA_MIN,
-        cache=cache,
-        report=report,
-        evaluations=10,
-    )
+    other = tune(5, 10)
     assert len(other) == 6 and report["cached"] is True
+    assert model.calls - calls == report["search"]["model_calls"] == 5 * report["search"]["evaluations"]
     model.calls = 0
     mod.sample(model, x_pilot, s)
     assert model.calls == 8

@@ -34,6 +34,7 @@ from derive.schedules import search
 from derive.schedules.error_model import module_error_spec
 from derive.schedules.optimize import ErrorModel, optimise
 from derive.schedules.profile import Profile, derivative_tables, gaussian_proxy, measured
+from derive.verify.problems import karras_sigmas, log_uniform_sigmas
 
 __all__ = ["default", "predicted_error", "tune"]
 
@@ -249,13 +250,10 @@ CACHED_REFERENCE_SIZE = 1 << 16
 
 def _standard_starts(nfe: int, sigma_max: float, sigma_min: float) -> dict[str, np.ndarray]:
     """The two schedules users start from: uniform in log-SNR, and Karras et al.'s rho = 7."""
-    log_uniform = np.exp(np.linspace(math.log(sigma_max), math.log(sigma_min), nfe + 1))
-    ramp = np.linspace(0.0, 1.0, nfe + 1)
-    rho = 7.0
-    karras = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
-    for levels in (log_uniform, karras):
-        levels[0], levels[-1] = sigma_max, sigma_min
-    return {"log_snr": log_uniform, "karras": karras}
+    return {
+        "log_snr": log_uniform_sigmas(nfe, sigma_min, sigma_max),
+        "karras": karras_sigmas(nfe, sigma_min, sigma_max),
+    }
 
 
 def tune(

@@ -32,9 +32,9 @@ from derive.errors import SpecError
 def schedule(module_name, nfe, sigma_max, sigma_min, sigma_data, dynamics, indent) -> None:
     """Print the derived schedule of a module for NFE model calls as JSON.
 
-    Without --module the module recommended for a data-free schedule (``derive.recommend``) is used and named in the output. The levels
-    are normalized noise levels sigma / alpha, decreasing from sigma_max to sigma_min; pass them as ``sigmas``
-    to the module's ``sample`` (exactly NFE model calls).
+    Without --module the module recommended for a data-free schedule (``derive.recommend``) is used and named
+    in the output. The levels are normalized noise levels sigma / alpha, decreasing from sigma_max to
+    sigma_min; pass them as ``sigmas`` to the module's ``sample`` (exactly NFE model calls).
     """
     import derive
     from derive.schedules import default, predicted_error
