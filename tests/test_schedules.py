@@ -281,10 +281,75 @@ def test_kernel_predicts_measured_local_errors(name, k):
 # --------------------------------------------------------------------------------------------------
 
 
-#: (problem, order) pairs measured outside method order +-0.2 (docs/schedules.md): the fit is pre-asymptotic
-#: there (the derived schedule changes with N, its graded start improving faster than the steps shrink, or
-#: slower); kept as strict expected failures so that a fix is noticed
-_OFF_ORDER = {("gaussian", 4), ("gaussian", 5), ("gaussian", 6), ("gmm", 4), ("gmm", 5), ("gmm", 6)}
+def _offsets(variable, s, i, count):
+    """u_{i-j} - u_i for j = 1 .. count - 1 (the module's node offsets), as 1-element tensors."""
+    if variable == "s":
+        return [s[i - j : i - j + 1] - s[i : i + 1] for j in range(1, count)]
+    return [-torch.log(s[i - j : i - j + 1] / s[i : i + 1]) for j in range(1, count)]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "ersde_order4_phi_ode",
+        "ersde_order6_phi_ode",
+        "ersde_order3_phi_ode_lambda_pc",
+        "ersde_order3_phi_ode_am",
+    ],
+)
+def test_kernel_weights_are_the_modules_weights(name):
+    """The weights the optimiser guards (pre * integral of rho times each node's Lagrange basis polynomial)
+    against the module's own coefficient and correction tables, on a schedule with unequal steps."""
+    from derive.methods import METHODS
+
+    mod = derive.load(name)
+    phi, form, variable, method = module_error_spec(mod)
+    s = torch.tensor([80.0, 31.0, 9.0, 4.1, 1.3, 0.5, 0.21, 0.07, 0.02, 0.002], dtype=torch.float64)
+    _, _, weights, _ = mod.coefficient_table(s)
+    corrections = (
+        mod.correction_table(s, weights) if hasattr(mod, "correction_table") else [None] * len(weights)
+    )
+    drop = METHODS[method].corrector_drop
+    for i, (w, c) in enumerate(zip(weights, corrections)):
+        ours = kernel(phi, form, variable, len(w)).weights(
+            s[i : i + 1], s[i + 1 : i + 2], _offsets(variable, s, i, len(w))
+        )
+        np.testing.assert_allclose(ours[0].numpy(), mod.WEIGHT_SIGN * np.array(w), rtol=1e-12, atol=1e-14)
+        if c is None:
+            continue
+        full = [c[0], *(c[j + 1] + w[j] for j in range(len(w)))]
+        kc = max(len(w) - drop, 1)
+        nodes = [_offsets(variable, torch.stack([s[i + 1], s[i]]), 1, 2)[0], *_offsets(variable, s, i, kc)]
+        ours = kernel(phi, form, variable, kc, True).weights(s[i : i + 1], s[i + 1 : i + 2], nodes)
+        np.testing.assert_allclose(
+            ours[0].numpy(), mod.WEIGHT_SIGN * np.array(full[: kc + 1]), rtol=1e-12, atol=1e-14
+        )
+        assert max(map(abs, full[kc + 1 :]), default=0.0) < 1e-15
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        *(f"ersde_order{k}_phi_ode" for k in (2, 3, 4, 5, 6)),
+        "ersde_order3_phi_ode_am",
+        "ersde_order3_phi_ode_lambda_pc",
+    ],
+)
+@pytest.mark.parametrize("nfe, sigma_max, sigma_min", [(12, 80.0, 0.002), (64, 5.0, 0.1)])
+def test_derived_schedule_keeps_every_stored_output(name, nfe, sigma_max, sigma_min):
+    """After the start, no step of the derived schedule grows so abruptly that the module drops a stored
+    output (which would lower that step's order below the one the error model assumed)."""
+    from derive.schedules import _lengths
+
+    mod = derive.load(name)
+    s = derive.schedules.default(mod, nfe=nfe, sigma_max=sigma_max, sigma_min=sigma_min)
+    assert _lengths(mod, s) == [min(i + 1, mod.ORDER) for i in range(nfe)]
+
+
+#: (problem, order) pairs measured outside method order +-0.2 (docs/schedules.md): order 6, where the float64
+#: floor leaves no point above it beyond N = 256, so that the fit reaches back to N = 32, before the graded
+#: start's ramp is asymptotic (local orders at 128 -> 256: 6.02 and 6.06); kept as strict expected failures
+_OFF_ORDER = {("gaussian", 6), ("gmm", 6)}
 _ORDER_CASES = [
     pytest.param(
         problem,
@@ -292,7 +357,7 @@ _ORDER_CASES = [
         marks=[
             *([] if (problem, order) == ("gaussian", 3) else [pytest.mark.slow]),
             *(
-                [pytest.mark.xfail(strict=True, reason="measured off by 0.22-0.44")]
+                [pytest.mark.xfail(strict=True, reason="fit reaches the pre-asymptotic N = 32: 5.59 / 6.51")]
                 if (problem, order) in _OFF_ORDER
                 else []
             ),
@@ -305,7 +370,8 @@ _ORDER_CASES = [
 
 @pytest.mark.parametrize("problem_name, order", _ORDER_CASES)
 def test_as_used_order_with_derived_schedule(problem_name, order):
-    """verify's problems (Gaussian 5 -> 0.1, mixture 5 -> 0.3), the sampler's own start, three halvings.
+    """verify's problems (Gaussian 5 -> 0.1, mixture 5 -> 0.3), the sampler's own start, four halvings
+    (verify's least-squares fit: its finest four points above the float64 floor, coarser ones if they agree).
 
     In CI: order 3 on the Gaussian problem (the coarse setting); the rest with -m slow."""
     from derive.verify import harness
@@ -318,7 +384,7 @@ def test_as_used_order_with_derived_schedule(problem_name, order):
         ref = problem.data.exact_flow(y0, problem.sigma_max, problem.sigma_min)
     else:
         ref = reference_flow(problem.data.denoiser_np, y0, problem.sigma_max, problem.sigma_min)
-    steps = (32, 64, 128, 256)
+    steps = (32, 64, 128, 256, 512)
     errors = []
     for n in steps:
         model = Counted(problem.data)

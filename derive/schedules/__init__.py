@@ -82,7 +82,9 @@ def _schedule(
     module, profile: Profile, nfe: int, sigma_max: float, sigma_min: float
 ) -> tuple[torch.Tensor, dict]:
     phi, form, variable, method = module_error_spec(module)
-    model = ErrorModel(phi, form, variable, method, int(module.ORDER), profile)
+    model = ErrorModel(
+        phi, form, variable, method, int(module.ORDER), profile, getattr(module, "AMPLIFICATION_LIMIT", None)
+    )
     best = None
     for ratio in STEP_RATIO_LIMITS:
         s, info = optimise(model, nfe, sigma_max, sigma_min, max_ratio=ratio)

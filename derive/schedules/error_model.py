@@ -81,6 +81,9 @@ class Kernel:
     prefactor: sp.Expr
     integrand: sp.Expr
     symbols: tuple[sp.Symbol, ...]
+    #: the density rho(sigma, v) of c_0 alone (the integrand without the node product)
+    density: sp.Expr
+    variable: str
 
     @functools.cached_property
     def _prefactor_fn(self):
@@ -90,17 +93,54 @@ class Kernel:
     def _integrand_fn(self):
         return sp.lambdify((sigma, v, *self.symbols), self.integrand, modules=[_TORCH, "math"])
 
-    def __call__(self, s_from: torch.Tensor, s_to: torch.Tensor, offsets: list[torch.Tensor]) -> torch.Tensor:
-        """kappa_k per step (float64 tensors of equal length; ``offsets`` as in :attr:`symbols`)."""
+    @functools.cached_property
+    def _density_fn(self):
+        return sp.lambdify((sigma, v), self.density, modules=[_TORCH, "math"])
+
+    @functools.cached_property
+    def _x_fn(self):
+        return sp.lambdify((sigma, v), _x_of_v(self.variable), modules=[_TORCH, "math"])
+
+    def _quadrature(self, s_from, s_to, integrand):
+        """pre * integral over the step of integrand(v) (Gauss-Legendre in v), per step."""
         nodes = torch.tensor(_GL_NODES, dtype=torch.float64)
         weights = torch.tensor(_GL_WEIGHTS, dtype=torch.float64)
         half = 0.5 * torch.log(s_from / s_to)
         vv = half[:, None] * (nodes[None, :] - 1)
-        args = [o[:, None] for o in offsets]
-        values = self._integrand_fn(s_from[:, None], vv, *args)
+        values = integrand(vv)
         values = torch.as_tensor(values, dtype=torch.float64) * torch.ones_like(vv)
         pre = torch.as_tensor(self._prefactor_fn(s_from, s_to), dtype=torch.float64) * torch.ones_like(half)
         return pre * half * (values @ weights)
+
+    def __call__(self, s_from: torch.Tensor, s_to: torch.Tensor, offsets: list[torch.Tensor]) -> torch.Tensor:
+        """kappa_k per step (float64 tensors of equal length; ``offsets`` as in :attr:`symbols`)."""
+        args = [o[:, None] for o in offsets]
+        return self._quadrature(s_from, s_to, lambda vv: self._integrand_fn(s_from[:, None], vv, *args))
+
+    def weights(self, s_from: torch.Tensor, s_to: torch.Tensor, offsets: list[torch.Tensor]) -> torch.Tensor:
+        """The step's weights on its outputs, shape (steps, nodes): pre * integral of rho times the Lagrange
+        basis polynomial of each node (nodes 0 and ``offsets``; the corrector's new node first). These are the
+        weights the module applies (up to its sign convention), whose residual on x^k is this kernel."""
+        nodes = list(offsets[:1]) if self.corrector else []
+        nodes = [*nodes, torch.zeros_like(s_from), *(offsets[1:] if self.corrector else offsets)]
+        out = []
+        for j, node in enumerate(nodes):
+
+            def basis(vv, j=j, node=node):
+                x = self._x_fn(s_from[:, None], vv) * torch.ones_like(vv)
+                value = self._density_fn(s_from[:, None], vv) * torch.ones_like(vv)
+                for m, other in enumerate(nodes):
+                    if m != j:
+                        value = value * (x - other[:, None]) / (node - other)[:, None]
+                return value
+
+            out.append(self._quadrature(s_from, s_to, basis))
+        return torch.stack(out, dim=1)
+
+    def amplification(self, s_from: torch.Tensor, s_to: torch.Tensor, offsets: list[torch.Tensor]):
+        """sum|w_j| / |sum w_j| per step: the module's test for dropping a stored output."""
+        w = self.weights(s_from, s_to, offsets)
+        return w.abs().sum(dim=1) / w.sum(dim=1).abs()
 
 
 def _phi_expr(phi_text: str) -> sp.Expr:
@@ -127,7 +167,13 @@ def kernel(phi_text: str, form: str, variable: str, k: int, corrector: bool = Fa
     x = _x_of_v(variable)
     product = sp.Mul(*[x - node for node in nodes])
     return Kernel(
-        k=k, corrector=corrector, prefactor=q0.prefactor, integrand=q0.integrand * product, symbols=symbols
+        k=k,
+        corrector=corrector,
+        prefactor=q0.prefactor,
+        integrand=q0.integrand * product,
+        symbols=symbols,
+        density=q0.integrand,
+        variable=variable,
     )
 
 

@@ -30,14 +30,29 @@ from derive.schedules.profile import Profile
 
 #: consecutive steps (in log s) may grow or shrink by at most this factor without penalty
 MAX_STEP_RATIO = 4.0
+#: the optimiser keeps every step's weight amplification below this share of the module's limit (a margin
+#: for the rounding of the levels)
+AMPLIFICATION_MARGIN = 0.9
 
 
 class ErrorModel:
     """Predicted error of schedules for one module and one profile (torch, differentiable in the levels)."""
 
-    def __init__(self, phi: str, form: str, variable: str, method: str, order: int, profile: Profile):
+    def __init__(
+        self,
+        phi: str,
+        form: str,
+        variable: str,
+        method: str,
+        order: int,
+        profile: Profile,
+        amplification_limits: dict | None = None,
+    ):
         self.phi, self.form, self.variable, self.method, self.order = phi, form, variable, method, order
         self.profile = profile
+        #: the module's AMPLIFICATION_LIMIT (per count of weights): a step whose weights exceed it runs with
+        #: one output fewer, so the optimiser keeps every step below it (None: no such guard)
+        self.amplification_limits = dict(amplification_limits or {})
         self.method_entry = METHODS[method]
         self.corrector = self.method_entry.corrector
         if profile.max_order < self.method_entry.order(order):
@@ -76,6 +91,37 @@ class ErrorModel:
                 part = torch.where(corrected, self.profile(kc_size + 1, s_from) * kc[None], part)
             errors = errors.index_put((torch.arange(members)[:, None], index[None, :]), part)
         return errors
+
+    def amplification_excess(self, s: torch.Tensor, margin: float = AMPLIFICATION_MARGIN) -> torch.Tensor:
+        """Sum over steps of relu(log(amplification / (margin * limit)))^2, predictor and corrector.
+
+        Zero when every step keeps all the outputs :meth:`step_errors` assumes (the module drops one on a step
+        whose weights amplify perturbations beyond its limit, lowering that step's order)."""
+        n = len(s) - 1
+        total = torch.zeros((), dtype=torch.float64)
+        if not self.amplification_limits:
+            return total
+        lengths = torch.tensor([min(i + 1, self.order) for i in range(n)])
+        for k in sorted(set(lengths.tolist())):
+            index = torch.nonzero(lengths == k).reshape(-1)
+            s_from, s_to = s[index], s[index + 1]
+            offsets = [self._offset(s_from, s[index - j]) for j in range(1, k)]
+            parts = []
+            if k > 1:
+                parts.append((kernel(self.phi, self.form, self.variable, k, False), offsets, k, index >= 0))
+            if self.corrector:
+                kc_size = max(k - self.method_entry.corrector_drop, 1)
+                new = self._offset(s_from, s_to)
+                kc = kernel(self.phi, self.form, self.variable, kc_size, True)
+                parts.append((kc, [new, *offsets[: kc_size - 1]], kc_size + 1, index < n - 1))
+            for kern, nodes, size, used in parts:
+                limit = self.amplification_limits.get(size)
+                if limit is None:
+                    continue
+                amp = kern.amplification(s_from, s_to, nodes)
+                excess = torch.relu(torch.log(amp) - math.log(margin * limit))
+                total = total + torch.where(used, excess**2, torch.zeros_like(excess)).sum()
+        return total
 
     def predict(self, s: torch.Tensor, lengths=None) -> torch.Tensor:
         """The predicted (pooled RMS) error of the schedule ``s``."""
@@ -160,7 +206,7 @@ def optimise(
         value = torch.log(model.predict(s))
         if nfe > 1:
             excess = torch.relu(torch.abs(torch.diff(torch.log(steps))) - limit)
-            value = value + 10.0 * (excess**2).sum()
+            value = value + 10.0 * (excess**2).sum() + 10.0 * model.amplification_excess(s)
         return value
 
     with torch.no_grad():
