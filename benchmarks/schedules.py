@@ -32,6 +32,7 @@ median, over the training problems) wins, per schedule mode.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import pathlib
 import sys
@@ -59,6 +60,9 @@ CANDIDATES = (
     "ersde_order3_phi_ode_am",
     "ersde_order3_phi_ode_lambda_pc",
     "ersde_order4_phi_ode",
+    "ersde_order4_phi_ode_am",
+    "ersde_order4_phi_ode_lambda_pc",
+    "ersde_order5_phi_ode_am",
 )
 BETA_MIN, BETA_MAX = 0.1, 20.0
 #: the pilot batch of derive.schedules.tune (pure noise at sigma_max, a seed apart from the evaluation points)
@@ -270,7 +274,12 @@ def run_problem(
         print(f"  {name} tuned", flush=True)
     for peer in PEERS if peers else ():
         kind, options = acc.DET_PEERS[peer]
-        schedules = {**STANDARD, "tuned": lambda n: tuned_levels[peer_schedule_module][n]}
+
+        def ours_tuned(n):
+            name = peer_schedule_module if isinstance(peer_schedule_module, str) else peer_schedule_module[n]
+            return tuned_levels[name][n]
+
+        schedules = {**STANDARD, "tuned": ours_tuned}
         for sname, make in schedules.items():
             row = {}
             for n in nfes:
@@ -297,21 +306,35 @@ def run_problem(
     }
 
 
+def _select_one(pname: str, points: int) -> dict:
+    torch.set_num_threads(1)
+    mix = mixture_problems("train")[pname]
+    print(pname, flush=True)
+    return run_problem(
+        mix.denoiser_torch,
+        mix.denoiser_np,
+        mix,
+        points,
+        CANDIDATES,
+        CANDIDATES[0],
+        NFES,
+        label=pname,
+        peers=False,
+    )
+
+
 def select(args) -> dict:
-    out = {}
-    for pname, mix in mixture_problems("train").items():
-        print(pname, flush=True)
-        out[pname] = run_problem(
-            mix.denoiser_torch,
-            mix.denoiser_np,
-            mix,
-            args.points,
-            CANDIDATES,
-            CANDIDATES[0],
-            NFES,
-            label=pname,
-            peers=False,
-        )
+    names = list(mixture_problems("train"))
+    if args.jobs > 1:  # one process per training problem (each single-threaded)
+        import concurrent.futures
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            results = list(pool.map(_select_one, names, [args.points] * len(names)))
+    else:
+        results = [_select_one(name, args.points) for name in names]
+    out = dict(zip(names, results))
     return {"problems": out, **selection(out)}
 
 
@@ -329,26 +352,104 @@ def selection(problems: dict) -> dict:
                         v = res["reach"][f"{name} {row}"][metric][t]
                         total += max(NFES) * 1.5 if v is None else v
             score[name] = total
-        out[mode] = {"score": score, "chosen": min(score, key=score.get)}
+        per_target = {}
+        for t in map(str, TARGETS):
+            cells = {
+                name: [
+                    res["reach"][f"{name} {row}"][metric][t]
+                    for res in problems.values()
+                    for metric in ("rms", "median")
+                ]
+                for name in CANDIDATES
+            }
+            part = {
+                name: sum(max(NFES) * 1.5 if v is None else v for v in values)
+                for name, values in cells.items()
+            }
+            best = min(part, key=part.get)
+            reached = [v for v in cells[best] if v is not None]
+            per_target[t] = {
+                "score": part,
+                "chosen": best,
+                "median_nfe": float(np.median(reached)) if reached else None,
+            }
+        chosen = min(score, key=score.get)
+        out[mode] = {
+            "score": score,
+            "chosen": chosen,
+            "per_target": per_target,
+            "ranges": nfe_ranges(chosen, per_target),
+        }
     return out
 
 
-def heldout(args, chosen: str, free: str) -> dict:
+#: a target's own winner replaces the overall one for its NFE range only if it saves this share of the calls
+RANGE_GAIN = 0.10
+
+
+def nfe_ranges(chosen: str, per_target: dict) -> list:
+    """[(smallest nfe, module)] as derive.recommend takes it: the overall winner, except in the NFE range of a
+    target whose own winner needs at least RANGE_GAIN fewer summed calls there. The range of a target runs from
+    the geometric midpoint of its median NFE and the previous target's to the next such midpoint."""
+    targets = [t for t in map(str, TARGETS) if per_target[t]["median_nfe"] is not None]
+    picks = []
+    for t in targets:
+        entry = per_target[t]
+        own = entry["chosen"]
+        better = entry["score"][own] <= (1 - RANGE_GAIN) * entry["score"][chosen]
+        picks.append((t, own if better else chosen))
+    ranges = []
+    for i, (t, name) in enumerate(picks):
+        start = 1
+        if i:
+            previous = per_target[picks[i - 1][0]]["median_nfe"]
+            start = int(math.ceil(math.sqrt(previous * per_target[t]["median_nfe"])))
+        if not ranges or ranges[-1][1] != name:
+            ranges.append((start, name))
+    return ranges
+
+
+def recommended_rows(res: dict, chosen: dict, free: dict) -> None:
+    """Add the rows "recommended tuned" / "recommended derived": per NFE the module derive.recommend names
+    for that budget (one module per mode unless the selection found NFE ranges)."""
+    for label, names, kind in (
+        ("recommended tuned", chosen, "tuned"),
+        ("recommended derived", free, "derived"),
+    ):
+        row = {str(n): res["errors"][f"{names[n]} {kind}"][str(n)] for n in NFES}
+        res["errors"][label] = row
+        res["reach"][label] = {
+            metric: {str(t): nfe_to({int(n): e[metric] for n, e in row.items()}, t) for t in TARGETS}
+            for metric in ("rms", "median")
+        }
+
+
+def heldout(args, chosen: dict, free: dict) -> dict:
     out = {}
-    ours = sorted({chosen, free, *args.also})
+    ours = sorted({*chosen.values(), *free.values(), *args.also})
     for pname, mix in mixture_problems("heldout").items():
         print(pname, flush=True)
         out[pname] = run_problem(
             mix.denoiser_torch, mix.denoiser_np, mix, args.points, ours, chosen, NFES, label=pname
         )
+        recommended_rows(out[pname], chosen, free)
     den_torch, den_np, data, seconds = network_problem(args.train_steps)
     print(f"net trained in {seconds:.1f} s", flush=True)
     out["net"] = run_problem(den_torch, den_np, data, args.points, ours, chosen, NFES, label="net")
+    recommended_rows(out["net"], chosen, free)
     out["net"]["training_seconds"] = seconds
     return out
 
 
-def ratio_table(results: dict, chosen: str, free: str) -> tuple[list[str], list[dict]]:
+def recommendations() -> tuple[dict, dict]:
+    """Per NFE of the grid: derive.recommend's module for tuned and for data-free schedules."""
+    return (
+        {n: derive.recommend(nfe=n, family="ersde", dynamics="ode") for n in NFES},
+        {n: derive.recommend(nfe=n, family="ersde", dynamics="ode", schedule="default") for n in NFES},
+    )
+
+
+def ratio_table(results: dict) -> tuple[list[str], list[dict]]:
     lines = []
     summary = []
     header = (
@@ -360,8 +461,8 @@ def ratio_table(results: dict, chosen: str, free: str) -> tuple[list[str], list[
         for metric in ("rms", "median"):
             for t in TARGETS:
                 key = str(t)
-                mine = res["reach"][f"{chosen} tuned"][metric][key]
-                free_n = res["reach"][f"{free} derived"][metric][key]
+                mine = res["reach"]["recommended tuned"][metric][key]
+                free_n = res["reach"]["recommended derived"][metric][key]
                 std = [
                     (res["reach"][f"{p} {s}"][metric][key], f"{p} {s}")
                     for p in PEERS
@@ -399,7 +500,7 @@ def fmt_n(v) -> str:
     return "> grid" if v is None else f"{v:.1f}"
 
 
-def plot(results: dict, chosen: str, free: str, path: pathlib.Path) -> None:
+def plot(results: dict, path: pathlib.Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -413,9 +514,9 @@ def plot(results: dict, chosen: str, free: str, path: pathlib.Path) -> None:
             ns = [int(n) for n, e in row.items() if e["rms"] is not None]
             es = [row[str(n)]["rms"] for n in ns]
             style = dict(lw=0.8, alpha=0.7)
-            if label == f"{chosen} tuned":
+            if label == "recommended tuned":
                 style = dict(lw=2.5, color="k")
-            elif label == f"{free} derived":
+            elif label == "recommended derived":
                 style = dict(lw=1.8, color="k", ls=":")
             elif "derived" in label or "tuned" in label:
                 style["ls"] = "--"
@@ -440,7 +541,13 @@ def main() -> None:
     parser.add_argument(
         "--heldout", action="store_true", help="the held-out problems with the recommendation"
     )
+    parser.add_argument(
+        "--rescore", action="store_true", help="recompute the selection from schedules_select.json (no runs)"
+    )
     parser.add_argument("--points", type=int, default=128)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="processes for --select (one per training problem)"
+    )
     parser.add_argument("--train-steps", type=int, default=6000)
     parser.add_argument(
         "--also", nargs="*", default=[], help="further modules to run on their derived schedule"
@@ -453,18 +560,30 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.rescore:  # the selection again from the stored training runs (no new runs)
+        stored = json.loads((HERE / "schedules_select.json").read_text())
+        res = {"problems": stored["problems"], **selection(stored["problems"])}
+        write_json(HERE / "schedules_select.json", {**stored, **res})
     if args.select:
         res = select(args)
         write_json(HERE / "schedules_select.json", {"command": command_line(), "machine": machine(), **res})
+    if args.select or args.rescore:
         for mode in ("tune", "default"):
-            print(mode, "score", res[mode]["score"], "chosen", res[mode]["chosen"])
+            print(
+                mode,
+                "score",
+                res[mode]["score"],
+                "chosen",
+                res[mode]["chosen"],
+                "ranges",
+                res[mode]["ranges"],
+            )
     if args.extra_dim:
         extra(args)
     if args.heldout:
-        chosen = derive.recommend(nfe=20, family="ersde", dynamics="ode")
-        free = derive.recommend(nfe=20, family="ersde", dynamics="ode", schedule="default")
+        chosen, free = recommendations()
         res = heldout(args, chosen, free)
-        lines, summary = ratio_table(res, chosen, free)
+        lines, summary = ratio_table(res)
         write_json(
             HERE / "schedules.json",
             {
@@ -477,7 +596,7 @@ def main() -> None:
             },
         )
         (HERE / "schedules_table.md").write_text("\n".join(lines) + "\n")
-        plot(res, chosen, free, HERE / "schedules.png")
+        plot(res, HERE / "schedules.png")
         print("\n".join(lines))
 
 
@@ -486,20 +605,20 @@ def extra(args) -> None:
     mix = random_mixture(
         args.extra_dim, 777, [0.5, 0.3, 0.15, 0.04, 0.01], [0.4, 0.1, 0.03, 0.2, 0.05], spread=1.0
     )
-    chosen = derive.recommend(nfe=20, family="ersde", dynamics="ode")
-    free = derive.recommend(nfe=20, family="ersde", dynamics="ode", schedule="default")
+    chosen, free = recommendations()
     name = f"mix{args.extra_dim}"
     res = run_problem(
         mix.denoiser_torch,
         mix.denoiser_np,
         mix,
         args.points,
-        sorted({chosen, free}),
+        sorted({*chosen.values(), *free.values()}),
         chosen,
         NFES,
         label=name,
     )
-    lines, summary = ratio_table({name: res}, chosen, free)
+    recommended_rows(res, chosen, free)
+    lines, summary = ratio_table({name: res})
     write_json(
         HERE / "schedules_extra.json",
         {"command": command_line(), "machine": machine(), "results": {name: res}, "summary": summary},

@@ -256,10 +256,10 @@ CATALOGUE: tuple[Spec, ...] = (
     *(Spec("ersde", k, "ode", variable="lambda") for k in (2, 3, 4)),
     # predictor-corrector (order K + 1 with K stored outputs, one model call per step)
     *(Spec("ersde", k, "ode", method="pc") for k in (1, 2, 3)),
-    *(Spec("ersde", k, "ode", method="pc", variable="lambda") for k in (1, 2, 3)),
+    *(Spec("ersde", k, "ode", method="pc", variable="lambda") for k in (1, 2, 3, 4)),
     *(Spec("ersde", k, "default", method="pc") for k in (1, 2, 3)),
     Spec("vpsde", 2, dynamics="ode", method="pc"),  # noise prediction, family time: UniPC's setting
-    *(Spec("ersde", k, "ode", method="am") for k in (2, 3)),
+    *(Spec("ersde", k, "ode", method="am") for k in (2, 3, 4, 5)),
     Spec("ersde", 3, "default", method="am"),
     # Adams form: the Lagrange basis integrated per stored output (equal to Taylor in exact arithmetic)
     *(Spec("ersde", k, "ode", method="adams") for k in (2, 3, 4)),

@@ -453,3 +453,17 @@ def test_cli_schedule_json():
     assert out["sigmas"][0] == 80.0 and out["sigmas"][-1] == 0.002
     bad = CliRunner().invoke(main, ["schedule", "--module", "ersde_order2_phi_ode", "--nfe", "0"])
     assert bad.exit_code == 2 and "nfe" in bad.output and "Traceback" not in bad.output
+
+
+def test_recommendation_is_the_selection_files():
+    """derive.recommend's tables are the NFE ranges benchmarks/schedules.py --select wrote for each mode."""
+    import pathlib
+
+    from derive.recommend import RECOMMENDED, RECOMMENDED_DATA_FREE
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "schedules_select.json"
+    stored = json.loads(path.read_text())
+    assert [tuple(r) for r in stored["tune"]["ranges"]] == RECOMMENDED[("ersde", "ode")]
+    assert [tuple(r) for r in stored["default"]["ranges"]] == RECOMMENDED_DATA_FREE[("ersde", "ode")]
+    for mode in ("tune", "default"):
+        assert stored[mode]["chosen"] == min(stored[mode]["score"], key=stored[mode]["score"].get)

@@ -13,8 +13,10 @@ error no longer dominates (a graded start, at no extra model call).
 The steps are parametrised by a softmax over N logits (positive steps in log s summing to
 :math:`\log(s_0/s_N)`), started from the asymptotic equidistribution (steps in log s proportional to
 :math:`P_K^{-1/(K+1)}`) and minimised by L-BFGS on :math:`\log E`, with a penalty on consecutive step ratios
-beyond :data:`MAX_STEP_RATIO` (the modules drop a stored output when a step's weights amplify perturbations
-too much; the result is checked against the module's own coefficient table).
+beyond :data:`MAX_STEP_RATIO` and one on each step's weight amplification (sum|w| / |sum w|, the weights from
+the same kernel) beyond :data:`AMPLIFICATION_MARGIN` times the module's ``AMPLIFICATION_LIMIT``: a module drops
+a stored output on a step whose weights amplify perturbations beyond that limit, which would make the step one
+order lower than :math:`E` assumes (the result is judged with the module's own coefficient table).
 """
 
 from __future__ import annotations
