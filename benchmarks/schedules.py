@@ -60,9 +60,7 @@ CANDIDATES = (
     "ersde_order3_phi_ode_am",
     "ersde_order3_phi_ode_lambda_pc",
     "ersde_order4_phi_ode",
-    "ersde_order4_phi_ode_am",
     "ersde_order4_phi_ode_lambda_pc",
-    "ersde_order5_phi_ode_am",
 )
 BETA_MIN, BETA_MAX = 0.1, 20.0
 #: the pilot batch of derive.schedules.tune (pure noise at sigma_max, a seed apart from the evaluation points)
