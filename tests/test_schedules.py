@@ -319,7 +319,12 @@ def test_kernel_weights_are_the_modules_weights(name):
             continue
         full = [c[0], *(c[j + 1] + w[j] for j in range(len(w)))]
         kc = max(len(w) - drop, 1)
-        nodes = [_offsets(variable, torch.stack([s[i + 1], s[i]]), 1, 2)[0], *_offsets(variable, s, i, kc)]
+        new = (
+            s[i + 1 : i + 2] - s[i : i + 1]
+            if variable == "s"
+            else -torch.log(s[i + 1 : i + 2] / s[i : i + 1])
+        )
+        nodes = [new, *_offsets(variable, s, i, kc)]
         ours = kernel(phi, form, variable, kc, True).weights(s[i : i + 1], s[i + 1 : i + 2], nodes)
         np.testing.assert_allclose(
             ours[0].numpy(), mod.WEIGHT_SIGN * np.array(full[: kc + 1]), rtol=1e-12, atol=1e-14

@@ -121,8 +121,8 @@ class Kernel:
         """The step's weights on its outputs, shape (steps, nodes): pre * integral of rho times the Lagrange
         basis polynomial of each node (nodes 0 and ``offsets``; the corrector's new node first). These are the
         weights the module applies (up to its sign convention), whose residual on x^k is this kernel."""
-        nodes = list(offsets[:1]) if self.corrector else []
-        nodes = [*nodes, torch.zeros_like(s_from), *(offsets[1:] if self.corrector else offsets)]
+        zero = torch.zeros_like(s_from)
+        nodes = [offsets[0], zero, *offsets[1:]] if self.corrector else [zero, *offsets]
         out = []
         for j, node in enumerate(nodes):
 
